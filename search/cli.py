@@ -1,12 +1,15 @@
 """The `evonorm` command line: one subcommand per module in `search.commands`.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`, and
+imports heavy libraries (torch, ray, matplotlib) inside `run`, so that
+`evonorm --help` and the light commands start fast.
 Bad input raises `UsageError`; it becomes one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # name -> (module under search.commands, one-line help)
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="evonorm", description="Evolve normalization-activation layers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(f"search.commands.{module}") is None:
+            continue  # not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         _load(module).add_arguments(p)

@@ -1,0 +1,224 @@
+"""Formulas: parse text into a `Graph` and print a graph back as text.
+
+Parsing walks Python's `ast` (eval mode) through a whitelist: nothing in the
+text is ever executed. Printing uses the fewest parentheses that parse back
+to the same graph, so `parse(str(g)).hash == g.hash`.
+"""
+from __future__ import annotations
+
+import ast
+import math
+
+from .errors import FormulaError, GraphError
+from .graph import Graph, GraphBuilder
+from .ops import FUNCTIONS, LEARNABLE_VECTORS, OPS
+
+MAX_LENGTH = 10_000
+MAX_NESTING = 100
+
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+_ATOM = 5
+
+
+def parse(text: str) -> Graph:
+    """Parse a formula in `x` into a canonical graph; raises only `FormulaError`."""
+    if not isinstance(text, str):
+        raise FormulaError(f"a formula is text, got {type(text).__name__}")
+    if not text.strip():
+        raise FormulaError("empty formula")
+    if len(text) > MAX_LENGTH:
+        raise FormulaError(f"formula longer than {MAX_LENGTH} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise FormulaError(f"syntax error: {err.msg}", err.offset) from None
+    except (ValueError, RecursionError, MemoryError, OverflowError) as err:
+        raise FormulaError(f"formula cannot be read: {type(err).__name__}") from None
+    builder = GraphBuilder()
+    try:
+        output = _Walker(builder).visit(tree.body, 0)
+        return builder.build(output)
+    except GraphError as err:
+        raise FormulaError(str(err)) from None
+    except RecursionError:
+        raise FormulaError("formula is nested too deeply") from None
+
+
+class _Walker:
+    def __init__(self, builder: GraphBuilder):
+        self.b = builder
+
+    def visit(self, node: ast.AST, depth: int) -> int:
+        if depth > MAX_NESTING:
+            raise FormulaError(f"formula is nested more than {MAX_NESTING} deep", _col(node))
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise FormulaError(f"{_describe(node)} is not part of the formula language", _col(node))
+        try:
+            return method(node, depth + 1)
+        except GraphError as err:
+            raise FormulaError(str(err), _col(node)) from None
+
+    def visit_Name(self, node, depth):
+        if node.id == "x":
+            return self.b.add("x")
+        if node.id in LEARNABLE_VECTORS:
+            return self.b.add("param", name=node.id)
+        if node.id in FUNCTIONS:
+            raise FormulaError(f"{node.id} is a function: call it as {node.id}(...)", _col(node))
+        raise FormulaError(f"unknown name {node.id!r}", _col(node))
+
+    def visit_Constant(self, node, depth):
+        return self.b.add("const", value=_number(node, "a literal"))
+
+    def visit_BinOp(self, node, depth):
+        if isinstance(node.op, ast.Pow):
+            exponent = node.right
+            k = exponent.value if isinstance(exponent, ast.Constant) else None
+            if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 9:
+                raise FormulaError("the exponent of ** must be an integer literal from 2 to 9",
+                                   _col(exponent))
+            return self.b.add("pow", [self.visit(node.left, depth)], k=k)
+        op = _BINOPS.get(type(node.op))
+        if op is None:
+            raise FormulaError(f"operator {type(node.op).__name__} is not part of the formula language",
+                               _col(node))
+        return self.b.add(op, [self.visit(node.left, depth), self.visit(node.right, depth)])
+
+    def visit_UnaryOp(self, node, depth):
+        if not isinstance(node.op, ast.USub):
+            raise FormulaError(f"unary {type(node.op).__name__} is not part of the formula language",
+                               _col(node))
+        return self.b.add("neg", [self.visit(node.operand, depth)])
+
+    def visit_Call(self, node, depth):
+        if not isinstance(node.func, ast.Name):
+            raise FormulaError(f"only named functions can be called, not {_describe(node.func)}",
+                               _col(node.func))
+        name = node.func.id
+        op = FUNCTIONS.get(name)
+        if op is None:
+            raise FormulaError(f"unknown function {name!r}", _col(node.func))
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            raise FormulaError(f"{name}: * and ** arguments are not part of the formula language", _col(node))
+        if len(node.args) != op.arity:
+            raise FormulaError(f"{name} takes {op.arity} argument(s), got {len(node.args)}", _col(node))
+        attrs = {}
+        for kw in node.keywords:
+            if kw.arg not in op.keywords:
+                allowed = ", ".join(op.keywords) or "none"
+                raise FormulaError(f"{name} has no keyword {kw.arg!r} (allowed: {allowed})", _col(kw.value))
+            if kw.arg in attrs:
+                raise FormulaError(f"{name}: keyword {kw.arg!r} given twice", _col(kw.value))
+            value = _number(kw.value, f"keyword {kw.arg}")
+            problem = op.keywords[kw.arg].check(value)
+            if problem:
+                raise FormulaError(f"{name}: {kw.arg} {problem}, got {value!r}", _col(kw.value))
+            attrs[kw.arg] = value
+        inputs = [self.visit(arg, depth) for arg in node.args]
+        return self.b.add(op.name, inputs, **attrs)
+
+
+def _number(node: ast.AST, what: str) -> float | int:
+    """A numeric literal, optionally negated; anything else is an error."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        sign, node = -1, node.operand
+    value = node.value if isinstance(node, ast.Constant) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FormulaError(f"{what} must be a real number literal, not {_describe(node)}", _col(node))
+    if isinstance(value, int) and abs(value) > 2**53:
+        raise FormulaError(f"{what} is too large", _col(node))
+    if not math.isfinite(value):
+        raise FormulaError(f"{what} must be finite", _col(node))
+    return sign * value
+
+
+def _col(node: ast.AST) -> int | None:
+    offset = getattr(node, "col_offset", None)
+    return None if offset is None else offset + 1
+
+
+def _describe(node: ast.AST) -> str:
+    if isinstance(node, ast.Constant):
+        return f"the literal {node.value!r}"[:60]
+    return {
+        "Attribute": "attribute access", "Subscript": "subscripting", "Lambda": "a lambda",
+        "Compare": "a comparison", "BoolOp": "a boolean operator", "IfExp": "a conditional",
+        "ListComp": "a comprehension", "GeneratorExp": "a comprehension", "SetComp": "a comprehension",
+        "DictComp": "a comprehension", "NamedExpr": "an assignment", "Starred": "unpacking",
+        "Tuple": "a tuple", "List": "a list", "Dict": "a dict", "Set": "a set",
+        "JoinedStr": "an f-string", "Await": "await", "Yield": "yield", "Slice": "a slice",
+    }.get(type(node).__name__, type(node).__name__)
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+def format_number(value: float) -> str:
+    """The shortest text that reads back as exactly `value` (1e-3 rather than 0.001)."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    plain = repr(value)
+    for digits in range(1, 18):
+        text = f"{value:.{digits - 1}e}"
+        if float(text) == value:
+            mantissa, _, exponent = text.partition("e")
+            scientific = f"{mantissa}e{int(exponent)}"
+            return scientific if len(scientific) < len(plain) else plain
+    return plain
+
+
+def to_formula(graph: Graph) -> str:
+    """Print with minimal parentheses; equal subexpressions are written out each time.
+
+    Commutative operands are printed in a reader's order (numbers first in a
+    product, then a chain of the same op, then what depends on x, smaller terms
+    first: `x * gamma + beta`);
+    the order does not change the graph the text parses to."""
+    sizes, depends = graph.subtree_sizes, graph.depends_on_x
+
+    def reading_order(node, j):
+        number_first = node.op == "mul" and graph.nodes[j].op == "const"
+        chain_first = graph.nodes[j].op == node.op  # a + b + c rather than c + (a + b)
+        return (not number_first, not chain_first, not depends[j], sizes[j], j)
+
+    texts: list[tuple[str, int]] = []  # (text, precedence) per node
+    for node in graph.nodes:
+        inputs = node.inputs
+        if node.spec.commutative:
+            inputs = sorted(inputs, key=lambda j: reading_order(node, j))
+        texts.append(_print_node(node, [texts[j] for j in inputs]))
+    return texts[graph.output][0]
+
+
+def _print_node(node, args) -> tuple[str, int]:
+    spec = OPS[node.op]
+    if node.op == "x":
+        return "x", _ATOM
+    if node.op == "param":
+        return node.attrs["name"], _ATOM
+    if node.op == "const":
+        value = node.attrs["value"]
+        return format_number(value), (OPS["neg"].precedence if value < 0 else _ATOM)
+    if spec.kind == "prefix":
+        text, prec = args[0]
+        if prec <= spec.precedence:  # -(-a) and -(a + b) keep their parentheses
+            text = f"({text})"
+        return f"{spec.symbol}{text}", spec.precedence
+    if node.op == "pow":
+        text, prec = args[0]
+        if prec <= spec.precedence:
+            text = f"({text})"
+        return f"{text} ** {node.attrs['k']}", spec.precedence
+    if spec.kind == "infix":
+        (left, lp), (right, rp) = args
+        if lp < spec.precedence:
+            left = f"({left})"
+        if rp <= spec.precedence:  # a - (b - c), a + (b + c): the tree is left-leaning
+            right = f"({right})"
+        return f"{left} {spec.symbol} {right}", spec.precedence
+    parts = [text for text, _ in args]
+    for key, kw in spec.keywords.items():
+        if node.attrs[key] != kw.default:
+            parts.append(f"{key}={format_number(float(node.attrs[key]))}")
+    return f"{node.op}({', '.join(parts)})", _ATOM

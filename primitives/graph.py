@@ -1,0 +1,336 @@
+"""The layer graph: a DAG of registry ops from the input `x` to one output.
+
+A `Graph` is immutable and always valid and canonical: equal subexpressions
+are merged, constant subexpressions are folded, nodes are numbered in a
+canonical post-order (commutative operands ordered by their structural key),
+so the canonical JSON and the hash do not depend on how the graph was built.
+Build one with `GraphBuilder`, `Graph.from_nodes`, `Graph.from_json` or
+`primitives.parse`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from functools import cached_property
+from typing import NamedTuple
+
+import networkx as nx
+import torch
+
+from .errors import GraphError
+from .ops import FULL, LEARNABLE_VECTORS, MOMENT_SHAPE, OPS, Op
+
+MAX_NODES = 100        # distinct operations in one layer
+MAX_TREE_SIZE = 2000   # nodes of the expression written out as a tree (bounds the printed formula)
+MAX_DEPTH = 60         # longest path from x to the output
+
+
+class Node(NamedTuple):
+    """One operation: registry name, input node ids (positional), attributes."""
+
+    op: str
+    inputs: tuple = ()
+    attrs: dict = {}
+
+    @property
+    def spec(self) -> Op:
+        return OPS[self.op]
+
+
+def _canonical_attrs(op: Op, attrs: dict) -> dict:
+    """Validate attributes and fill defaults, so equal layers have equal attributes."""
+    attrs = dict(attrs)
+    if op.name == "const":
+        value = attrs.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise GraphError(f"const needs a finite numeric value, got {value!r}")
+        return {"value": float(value) + 0.0}  # + 0.0 turns -0.0 into 0.0
+    if op.name == "param":
+        if attrs.get("name") not in LEARNABLE_VECTORS:
+            raise GraphError(f"param name must be one of {', '.join(LEARNABLE_VECTORS)}, got {attrs.get('name')!r}")
+        return {"name": attrs["name"]}
+    unknown = set(attrs) - set(op.keywords)
+    if unknown:
+        raise GraphError(f"{op.name} takes no attribute {sorted(unknown)[0]!r}")
+    out = {}
+    for key, kw in op.keywords.items():
+        value = attrs.get(key, kw.default)
+        problem = kw.check(value)
+        if problem:
+            raise GraphError(f"{op.name}: {key} {problem}, got {value!r}")
+        out[key] = kw.type(value)
+    return out
+
+
+class GraphBuilder:
+    """Adds nodes one at a time, merging equal subexpressions and folding constants."""
+
+    def __init__(self):
+        self.nodes: list[Node] = []
+        self._index: dict = {}
+
+    def add(self, op: str, inputs=(), **attrs) -> int:
+        spec = OPS.get(op) if isinstance(op, str) else None
+        if spec is None:
+            raise GraphError(f"unknown op {op!r}")
+        inputs = tuple(inputs)
+        if len(inputs) != spec.arity:
+            raise GraphError(f"{op} takes {spec.arity} input(s), got {len(inputs)}")
+        for i in inputs:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.nodes):
+                raise GraphError(f"{op} refers to a missing node {i!r}")
+        attrs = _canonical_attrs(spec, attrs)
+        if spec.fold is not None and inputs and all(self.nodes[i].op == "const" for i in inputs):
+            return self.add("const", value=self._fold(spec, inputs, attrs))
+        key = (op, tuple(sorted(inputs)) if spec.commutative else inputs, tuple(sorted(attrs.items())))
+        if key not in self._index:
+            self._index[key] = len(self.nodes)
+            self.nodes.append(Node(op, inputs, attrs))
+        return self._index[key]
+
+    def _fold(self, spec: Op, inputs, attrs) -> float:
+        args = [torch.tensor(self.nodes[i].attrs["value"], dtype=torch.float64) for i in inputs]
+        value = float(spec.fold(*args, **attrs))
+        if not math.isfinite(value):
+            raise GraphError(f"constant subexpression {spec.name} is not finite")
+        return value
+
+    def build(self, output: int) -> "Graph":
+        return Graph(self.nodes, output)
+
+
+class Graph:
+    """A validated, canonical layer graph (see module docstring)."""
+
+    def __init__(self, nodes, output: int):
+        nodes = [Node(*n) for n in nodes]
+        self._nodes, self._output = _canonicalize(nodes, output)
+        self._check()
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_nodes(cls, nodes, output: int) -> "Graph":
+        """Rebuild from (op, inputs, attrs) triples in topological order, re-merging and
+        re-folding; nodes that do not reach the output are dropped. Mutation uses this."""
+        builder = GraphBuilder()
+        new_id = {}
+        for i, node in enumerate(nodes):
+            node = Node(*node)
+            if any(not isinstance(j, int) or not 0 <= j < i for j in node.inputs):
+                raise GraphError(f"node {i} refers to an input that does not come before it")
+            new_id[i] = builder.add(node.op, [new_id[j] for j in node.inputs], **node.attrs)
+        return builder.build(new_id[output])
+
+    @classmethod
+    def from_json(cls, text: str) -> "Graph":
+        """Load a graph from JSON: {"nodes": [{"op", "inputs", ...attrs}], "output": i}.
+        Node order is free; the result is strict: no cycles, no dangling edges,
+        every node on a path to the output."""
+        try:
+            data = json.loads(text) if isinstance(text, (str, bytes)) else text
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise GraphError(f"graph JSON does not parse: {err}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+            raise GraphError('graph JSON must be an object with a "nodes" list and an "output" index')
+        raw, output = data["nodes"], data.get("output")
+        if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output < len(raw):
+            raise GraphError(f"graph output {output!r} is not a node index")
+        nodes = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict) or not isinstance(item.get("op"), str):
+                raise GraphError(f"node {i} must be an object with an \"op\" name")
+            if item["op"] not in OPS:
+                raise GraphError(f"node {i}: unknown op {item['op']!r}")
+            inputs = item.get("inputs", [])
+            if not isinstance(inputs, list):
+                raise GraphError(f"node {i}: inputs must be a list")
+            for j in inputs:
+                if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < len(raw):
+                    raise GraphError(f"node {i}: dangling edge to {j!r}")
+            attrs = {k: v for k, v in item.items() if k not in ("op", "inputs")}
+            nodes.append(Node(item["op"], tuple(inputs), attrs))
+        dag = _to_networkx(nodes)
+        if not nx.is_directed_acyclic_graph(dag):
+            raise GraphError(f"graph has a cycle through nodes {sorted(nx.find_cycle(dag)[0])}")
+        unused = set(range(len(nodes))) - nx.ancestors(dag, output) - {output}
+        if unused:
+            raise GraphError(f"nodes {sorted(unused)} do not reach the output")
+        order = list(nx.topological_sort(dag))
+        position = {old: new for new, old in enumerate(order)}
+        relabelled = [Node(nodes[old].op, tuple(position[j] for j in nodes[old].inputs),
+                           nodes[old].attrs) for old in order]
+        return cls.from_nodes(relabelled, position[output])
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """Nodes in canonical topological order; inputs refer to positions here."""
+        return self._nodes
+
+    @property
+    def output(self) -> int:
+        return self._output
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @cached_property
+    def dag(self) -> nx.DiGraph:
+        return _to_networkx(self._nodes)
+
+    @cached_property
+    def input_id(self) -> int:
+        return next(i for i, n in enumerate(self._nodes) if n.op == "x")
+
+    def to_json(self) -> str:
+        """Canonical JSON: registry op names, input positions and literal values only."""
+        nodes = [{"op": n.op, **({"inputs": list(n.inputs)} if n.inputs else {}), **n.attrs}
+                 for n in self._nodes]
+        return json.dumps({"nodes": nodes, "output": self._output}, sort_keys=True,
+                          separators=(",", ":"))
+
+    @cached_property
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Graph) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __str__(self) -> str:
+        from .formula import to_formula
+        return to_formula(self)
+
+    def __repr__(self) -> str:
+        return f"Graph({str(self)!r})"
+
+    # -- properties the search and the store report -----------------------------------------------
+    @cached_property
+    def uses_batch_stats(self) -> bool:
+        return any(n.spec.uses_batch_stats for n in self._nodes)
+
+    @cached_property
+    def params_per_channel(self) -> int:
+        return sum(n.spec.learnable(n.attrs) for n in self._nodes if n.spec.learnable)
+
+    @cached_property
+    def poly_degree(self) -> int | None:
+        """Degree in x when the layer is a polynomial in x, else None. A subexpression
+        that does not depend on x counts as a constant (degree 0)."""
+        degrees = []
+        for i, n in enumerate(self._nodes):
+            if not self.depends_on_x[i]:
+                degrees.append(0)
+            else:
+                degrees.append(n.spec.degree([degrees[j] for j in n.inputs], n.attrs))
+        return degrees[self._output]
+
+    @cached_property
+    def depends_on_x(self) -> tuple[bool, ...]:
+        out = []
+        for n in self._nodes:
+            out.append(n.op == "x" or any(out[j] for j in n.inputs))
+        return tuple(out)
+
+    @cached_property
+    def shapes(self) -> tuple[frozenset, ...]:
+        """Per node, the axes (N, C, S) its value varies over; drives broadcasting in codegen."""
+        out = []
+        for n in self._nodes:
+            if n.op == "x":
+                out.append(FULL)
+            elif n.op == "const":
+                out.append(frozenset())
+            elif n.op == "param":
+                out.append(frozenset("C"))
+            elif n.spec.kind == "moment":
+                out.append(MOMENT_SHAPE[n.spec.axis])
+            else:
+                shape = frozenset().union(*(out[j] for j in n.inputs))
+                out.append(shape | frozenset("C") if n.spec.kind == "unit" else shape)
+        return tuple(out)
+
+    @cached_property
+    def subtree_sizes(self) -> tuple[int, ...]:
+        """Per node, the size of its subexpression written out as a tree."""
+        sizes = []
+        for n in self._nodes:
+            sizes.append(1 + sum(sizes[j] for j in n.inputs))
+        return tuple(sizes)
+
+    @property
+    def tree_size(self) -> int:
+        return self.subtree_sizes[self._output]
+
+    @cached_property
+    def depth(self) -> int:
+        depths = []
+        for n in self._nodes:
+            depths.append(1 + max((depths[j] for j in n.inputs), default=-1))
+        return depths[self._output]
+
+    # -- validation ------------------------------------------------------------------------------
+    def _check(self):
+        if len(self._nodes) > MAX_NODES:
+            raise GraphError(f"graph has {len(self._nodes)} nodes, more than {MAX_NODES}")
+        if sum(n.op == "x" for n in self._nodes) != 1 or not self.depends_on_x[self._output]:
+            raise GraphError("the output does not depend on x")
+        if self.tree_size > MAX_TREE_SIZE:
+            raise GraphError(f"the written-out formula has {self.tree_size} terms, more than {MAX_TREE_SIZE}")
+        if self.depth > MAX_DEPTH:
+            raise GraphError(f"graph is {self.depth} operations deep, more than {MAX_DEPTH}")
+
+
+def _to_networkx(nodes) -> nx.DiGraph:
+    dag = nx.DiGraph()
+    dag.add_nodes_from((i, {"op": n.op}) for i, n in enumerate(nodes))
+    dag.add_edges_from((j, i) for i, n in enumerate(nodes) for j in n.inputs)
+    return dag
+
+
+def _canonicalize(nodes: list[Node], output: int):
+    """Renumber the nodes that reach `output` in canonical post-order.
+
+    A node's structural key hashes its op, attributes and its inputs' keys
+    (sorted for commutative ops); post-order visits inputs in key order, so the
+    numbering is a function of the expression alone."""
+    if not isinstance(output, int) or not 0 <= output < len(nodes):
+        raise GraphError(f"graph output {output!r} is not a node")
+    keys: dict[int, str] = {}
+
+    def key(i, depth=0):
+        if i not in keys:
+            if depth > MAX_NODES:
+                raise GraphError("graph is too deep or has a cycle")
+            n = nodes[i]
+            child = [key(j, depth + 1) for j in n.inputs]
+            if n.spec.commutative:
+                child.sort()
+            text = json.dumps([n.op, sorted(n.attrs.items()), child])
+            keys[i] = hashlib.sha256(text.encode()).hexdigest()
+        return keys[i]
+
+    def ordered_inputs(i):
+        n = nodes[i]
+        return sorted(n.inputs, key=key) if n.spec.commutative else list(n.inputs)
+
+    key(output)
+    new_id: dict[str, int] = {}
+    order: list[Node] = []
+    stack = [(output, False)]
+    while stack:
+        i, expanded = stack.pop()
+        if keys[i] in new_id:
+            continue
+        if expanded:
+            n = nodes[i]
+            inputs = tuple(new_id[keys[j]] for j in ordered_inputs(i))
+            new_id[keys[i]] = len(order)
+            order.append(Node(n.op, inputs, n.attrs))
+        else:
+            stack.append((i, True))
+            stack.extend((j, False) for j in reversed(ordered_inputs(i)))
+    return tuple(order), new_id[keys[output]]

@@ -1,0 +1,194 @@
+"""The op registry: every primitive of the layer language, one entry each.
+
+An entry says how the op is written (infix symbol or function name), how it
+runs (a torch expression template for the code generator, a float64 function
+for constant folding), how it combines polynomial degrees, whether it reads
+batch statistics and how many learnable values per channel it owns. The
+parser, printer, graph, code generator and mutation all read this table, so
+adding an op is one entry here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+LEARNABLE_VECTORS = ("gamma", "beta") + tuple(f"v{i}" for i in range(10))
+VECTOR_INIT = {"gamma": 1.0, "beta": 0.0, "v0": 0.0, **{f"v{i}": 1.0 for i in range(1, 10)}}
+AXES = ("batch", "instance", "group", "layer", "channel")
+STATS = ("mean", "var", "std", "rms")
+DEFAULT_EPS = 1e-5
+DEFAULT_GROUPS = 32
+
+# Shape classes: which of N (batch), C (channel), S (spatial) a value varies over.
+FULL = frozenset("NCS")
+MOMENT_SHAPE = {
+    "batch": frozenset("C"),
+    "instance": frozenset("NC"),
+    "group": frozenset("NC"),
+    "layer": frozenset("N"),
+    "channel": frozenset("NS"),
+}
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """A keyword argument: its type, default and allowed closed range."""
+
+    type: type
+    default: float | int
+    low: float | int
+    high: float | int
+
+    def check(self, value) -> str | None:
+        """Return why `value` is not allowed, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if self.type is int and (isinstance(value, float) and not value.is_integer()):
+            return "must be an integer"
+        if not math.isfinite(value) or not (self.low <= value <= self.high):
+            return f"must lie in [{self.low:g}, {self.high:g}]"
+        return None
+
+
+EPS = Keyword(float, DEFAULT_EPS, 1e-12, 1.0)
+GROUPS = Keyword(int, DEFAULT_GROUPS, 1, 4096)
+POW_K = Keyword(int, 2, 2, 9)
+ORDER = Keyword(int, 3, 1, 9)
+RATIONAL_P = Keyword(int, 5, 1, 9)
+RATIONAL_Q = Keyword(int, 4, 1, 9)
+
+
+def _poly_degree(degrees, attrs):
+    return None if degrees[0] is None else degrees[0] * attrs["order"]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One primitive. `kind` is leaf, infix, prefix, call, moment or unit."""
+
+    name: str
+    arity: int
+    kind: str
+    template: str = ""                      # torch expression for infix/prefix/call
+    fold: Callable | None = None            # float64 tensor function, for constant folding
+    degree: Callable | None = None          # (input degrees, attrs) -> degree or None
+    symbol: str = ""                        # infix/prefix symbol
+    precedence: int = 5                     # printing: higher binds tighter
+    commutative: bool = False
+    keywords: dict = field(default_factory=dict)
+    axis: str = ""                          # moments
+    stat: str = ""                          # moments
+    learnable: Callable | None = None       # attrs -> learnable values per channel
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        return self.axis == "batch"
+
+    @property
+    def is_call(self) -> bool:
+        return self.kind in ("call", "moment", "unit")
+
+
+def _max_degree(degrees, attrs):
+    return None if None in degrees else max(degrees)
+
+
+def _sum_degree(degrees, attrs):
+    return None if None in degrees else sum(degrees)
+
+
+def _same_degree(degrees, attrs):
+    return degrees[0]
+
+
+def _div_degree(degrees, attrs):
+    # Polynomial only when the divisor does not depend on the data (degree 0).
+    return degrees[0] if degrees[1] == 0 else None
+
+
+def _no_degree(degrees, attrs):
+    return None
+
+
+def _unary(name, template, fold):
+    return Op(name, 1, "call", template=template, fold=fold, degree=_no_degree)
+
+
+def _moment_fold(stat):
+    def fold(c, eps=DEFAULT_EPS, groups=None):
+        # The moments of a constant: its mean is itself, it has no spread.
+        return {
+            "mean": c,
+            "var": torch.zeros_like(c),
+            "std": torch.sqrt(torch.zeros_like(c) + eps),
+            "rms": torch.sqrt(c * c + eps),
+        }[stat]
+
+    return fold
+
+
+def _moment_degree(stat):
+    if stat == "mean":
+        return _same_degree
+    if stat == "var":
+        return lambda d, a: None if d[0] is None else 2 * d[0]
+    return _no_degree  # std and rms take a square root
+
+
+def _moments():
+    for axis in AXES:
+        for stat in STATS:
+            keywords = {}
+            if stat in ("std", "rms"):
+                keywords["eps"] = EPS
+            if axis == "group":
+                keywords["groups"] = GROUPS
+            yield Op(f"{axis}_{stat}", 1, "moment", fold=_moment_fold(stat),
+                     degree=_moment_degree(stat), keywords=keywords, axis=axis, stat=stat)
+
+
+_ENTRIES = [
+    Op("x", 0, "leaf", degree=lambda d, a: 1),
+    Op("const", 0, "leaf", degree=lambda d, a: 0),
+    Op("param", 0, "leaf", degree=lambda d, a: 0, learnable=lambda a: 1),
+    Op("add", 2, "infix", "{0} + {1}", torch.add, _max_degree, "+", 1, commutative=True),
+    Op("sub", 2, "infix", "{0} - {1}", torch.sub, _max_degree, "-", 1),
+    Op("mul", 2, "infix", "{0} * {1}", torch.mul, _sum_degree, "*", 2, commutative=True),
+    Op("div", 2, "infix", "{0} / {1}", torch.div, _div_degree, "/", 2),
+    Op("neg", 1, "prefix", "-{0}", torch.neg, _same_degree, "-", 3),
+    Op("pow", 1, "infix", "{0} ** {k}", lambda a, k: a ** k,
+       lambda d, a: None if d[0] is None else d[0] * a["k"], "**", 4, keywords={"k": POW_K}),
+    _unary("abs", "torch.abs({0})", torch.abs),
+    _unary("exp", "torch.exp({0})", torch.exp),
+    _unary("log", "torch.log({0})", torch.log),
+    _unary("sqrt", "torch.sqrt({0})", torch.sqrt),
+    _unary("sigmoid", "torch.sigmoid({0})", torch.sigmoid),
+    _unary("tanh", "torch.tanh({0})", torch.tanh),
+    _unary("relu", "torch.relu({0})", torch.relu),
+    _unary("erf", "torch.erf({0})", torch.erf),
+    _unary("sin", "torch.sin({0})", torch.sin),
+    _unary("cos", "torch.cos({0})", torch.cos),
+    Op("max", 2, "call", "torch.maximum({0}, {1})", torch.maximum, _no_degree, commutative=True),
+    Op("min", 2, "call", "torch.minimum({0}, {1})", torch.minimum, _no_degree, commutative=True),
+    *_moments(),
+    Op("poly", 1, "unit", degree=_poly_degree, keywords={"order": ORDER},
+       learnable=lambda a: a["order"] + 1),
+    Op("rational", 1, "unit", degree=_no_degree, keywords={"p": RATIONAL_P, "q": RATIONAL_Q},
+       learnable=lambda a: a["p"] + 1 + a["q"]),
+]
+
+OPS: dict[str, Op] = {op.name: op for op in _ENTRIES}
+
+# The names a formula may call, and the ops behind its infix syntax.
+FUNCTIONS = {name: op for name, op in OPS.items() if op.is_call}
+INFIX = {op.symbol: op for op in OPS.values() if op.kind == "infix"}
+
+
+def get_op(name: str) -> Op:
+    try:
+        return OPS[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown op {name!r}") from None

@@ -1,0 +1,35 @@
+"""Named reference layers, written in the formula language.
+
+The evaluators train them as baselines and the search can seed its first
+population with them. Formulas follow the papers: BatchNorm/GroupNorm/
+LayerNorm with their usual activations, EvoNorms (Liu et al. 2020),
+PolyNorm (Zhuo et al. 2024, "PolyCom"), and learnable polynomial and
+rational units behind batch normalisation.
+"""
+from __future__ import annotations
+
+BN = "(x - batch_mean(x)) / batch_std(x) * gamma + beta"
+GN = "(x - group_mean(x)) / group_std(x) * gamma + beta"
+LN = "(x - layer_mean(x)) / layer_std(x) * gamma + beta"
+BN_PLAIN = "(x - batch_mean(x)) / batch_std(x)"
+
+REFERENCE_LAYERS: dict[str, str] = {
+    "bn-relu": f"relu({BN})",
+    "gn-relu": f"relu({GN})",
+    # GELU(y) = y * Phi(y) = 0.5 * y * (1 + erf(y / sqrt 2))
+    "ln-gelu": f"0.5 * ({LN}) * (1 + erf(({LN}) * 0.7071067811865476))",
+    "evonorm-b0": "x / max(batch_std(x), v1 * x + instance_std(x)) * gamma + beta",
+    "evonorm-b1": "x / max(batch_std(x), (x + 1) * instance_rms(x)) * gamma + beta",
+    "evonorm-s0": "x * sigmoid(v1 * x) / group_std(x) * gamma + beta",
+    "evonorm-s1": "x * sigmoid(x) / group_std(x) * gamma + beta",
+    "evonorm-s2": "x * sigmoid(x) / group_rms(x) * gamma + beta",
+    "bn-swish": f"({BN}) * sigmoid(v1 * ({BN}))",
+    # PolyNorm: a weighted sum of RMS-normalised powers of x.
+    "polynorm": "v1 * x / channel_rms(x) + v2 * x ** 2 / channel_rms(x ** 2)"
+                " + v3 * x ** 3 / channel_rms(x ** 3) + beta",
+    "bn-poly": f"poly({BN_PLAIN}, order=3) * gamma + beta",
+    "bn-rational": f"rational({BN_PLAIN}) * gamma + beta",
+}
+
+# The layers every evaluation is compared against.
+BASELINES = ("bn-relu", "gn-relu", "evonorm-b0", "evonorm-s0")

@@ -1,0 +1,67 @@
+"""Random layer graphs: the search's first population and the tests' fuzz input.
+
+A graph is grown bottom-up from `x` and a few terminals; each new node takes
+its inputs from what exists, favouring recent nodes so graphs get deep as
+well as wide. Keyword values come from small menus of sensible settings.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Iterable
+
+from .errors import GraphError
+from .graph import GraphBuilder, Graph
+from .ops import LEARNABLE_VECTORS, OPS
+
+CONSTANTS = (0.5, 1.0, 2.0, -1.0, 0.1, 3.0)
+KEYWORD_MENU = {
+    "eps": (1e-5, 1e-3, 1e-2),
+    "groups": (1, 4, 8, 16, 32),
+    "order": (2, 3, 4),
+    "p": (2, 3, 4, 5),
+    "q": (1, 2, 3, 4),
+    "k": (2, 3),
+}
+INNER_OPS = tuple(name for name, op in OPS.items() if op.kind != "leaf")
+
+
+def random_keywords(op: str, rng: random.Random) -> dict:
+    return {key: rng.choice(KEYWORD_MENU[key]) for key in OPS[op].keywords}
+
+
+def random_terminal(rng: random.Random, vectors: Iterable[str] = LEARNABLE_VECTORS) -> tuple[str, dict]:
+    """A learnable vector most of the time, a literal otherwise."""
+    if rng.random() < 0.7:
+        return "param", {"name": rng.choice(tuple(vectors))}
+    return "const", {"value": rng.choice(CONSTANTS)}
+
+
+def random_graph(rng: random.Random, ops: Iterable[str] = INNER_OPS, min_ops: int = 2,
+                 max_ops: int = 10, accept: Callable[[Graph], bool] | None = None,
+                 tries: int = 1000) -> Graph:
+    """A valid random graph with `min_ops`..`max_ops` operations drawn from `ops`
+    (retried until `accept(graph)` holds)."""
+    ops = tuple(ops)
+    for _ in range(tries):
+        builder = GraphBuilder()
+        pool = [builder.add("x")]
+        for _ in range(rng.randint(1, 3)):
+            op, attrs = random_terminal(rng)
+            pool.append(builder.add(op, **attrs))
+        try:
+            for _ in range(rng.randint(min_ops, max_ops)):
+                op = rng.choice(ops)
+                inputs = [_pick(pool, rng) for _ in range(OPS[op].arity)]
+                pool.append(builder.add(op, inputs, **random_keywords(op, rng)))
+            graph = builder.build(pool[-1])
+        except GraphError:
+            continue
+        if accept is None or accept(graph):
+            return graph
+    raise GraphError(f"no acceptable random graph in {tries} tries")
+
+
+def _pick(pool: list[int], rng: random.Random) -> int:
+    """Favour recent nodes: the newest is the likeliest input."""
+    weights = [i + 1 for i in range(len(pool))]
+    return rng.choices(pool, weights=weights)[0]

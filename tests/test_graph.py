@@ -1,0 +1,150 @@
+"""The graph: canonical hashing under renumbering and operand order, JSON, properties."""
+import json
+import random
+
+import pytest
+
+from primitives import Graph, GraphError, Node, parse
+from primitives.library import REFERENCE_LAYERS
+from primitives.random_graph import random_graph
+
+N_RANDOM = 500
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    rng = random.Random(1234)
+    return [random_graph(rng, max_ops=14) for _ in range(N_RANDOM)]
+
+
+def swapped(graph: Graph, rng: random.Random) -> Graph:
+    """The same graph with the operands of commutative ops randomly swapped."""
+    nodes = [Node(n.op, tuple(reversed(n.inputs)) if n.spec.commutative and rng.random() < 0.5 else n.inputs,
+                  n.attrs) for n in graph.nodes]
+    return Graph.from_nodes(nodes, graph.output)
+
+
+def renumbered_json(graph: Graph, rng: random.Random) -> str:
+    """The graph's JSON with its nodes listed in a random order."""
+    data = json.loads(graph.to_json())
+    order = list(range(len(data["nodes"])))
+    rng.shuffle(order)
+    position = {old: new for new, old in enumerate(order)}
+    nodes = []
+    for old in order:
+        node = dict(data["nodes"][old])
+        if "inputs" in node:
+            node["inputs"] = [position[j] for j in node["inputs"]]
+        nodes.append(node)
+    return json.dumps({"nodes": nodes, "output": position[data["output"]]})
+
+
+def test_random_graphs_are_varied(graphs):
+    assert len({g.hash for g in graphs}) > 0.8 * N_RANDOM
+    assert max(len(g) for g in graphs) >= 10
+
+
+def test_print_parse_and_json_round_trips_keep_the_hash(graphs):
+    for g in graphs:
+        assert parse(str(g)).hash == g.hash, str(g)
+        assert Graph.from_json(g.to_json()).hash == g.hash
+        assert Graph.from_json(g.to_json()).to_json() == g.to_json()
+
+
+def test_swapping_commutative_operands_and_renumbering_keep_the_hash(graphs):
+    rng = random.Random(7)
+    for g in graphs:
+        assert swapped(g, rng).hash == g.hash
+        assert Graph.from_json(renumbered_json(g, rng)).hash == g.hash
+
+
+def test_structurally_different_graphs_get_different_hashes(graphs):
+    by_hash = {}
+    for g in graphs:
+        assert by_hash.setdefault(g.hash, g.to_json()) == g.to_json()
+    pairs = [("x - 1", "1 - x"), ("x / v1", "v1 / x"), ("x ** 2", "x ** 3"), ("x + v1", "x + v2"),
+             ("batch_std(x)", "batch_std(x, eps=1e-3)"), ("group_std(x)", "group_std(x, groups=8)"),
+             ("instance_mean(x)", "layer_mean(x)"), ("x - (x - 1)", "x - x - 1"), ("2 * x", "x + x")]
+    for a, b in pairs:
+        assert parse(a).hash != parse(b).hash, (a, b)
+
+
+def test_hash_ignores_commutative_order_but_not_others():
+    assert parse("x * gamma + beta").hash == parse("beta + gamma * x").hash
+    assert parse("max(x, v1)").hash == parse("max(v1, x)").hash
+    assert parse("x - beta").hash != parse("beta - x").hash
+
+
+BAD_JSON = [
+    ("not json", "does not parse"),
+    ("[]", "must be an object"),
+    ('{"nodes": [{"op": "x"}], "output": 3}', "not a node index"),
+    ('{"nodes": [{"op": "x"}, {"op": "frobnicate", "inputs": [0]}], "output": 1}', "unknown op"),
+    ('{"nodes": [{"op": "x"}, {"op": "add", "inputs": [0]}], "output": 1}', "takes 2 input"),
+    ('{"nodes": [{"op": "x"}, {"op": "relu", "inputs": [7]}], "output": 1}', "dangling"),
+    ('{"nodes": [{"op": "x"}, {"op": "add", "inputs": [0, 2]}, {"op": "relu", "inputs": [1]}], "output": 2}',
+     "cycle"),
+    ('{"nodes": [{"op": "param", "name": "gamma"}, {"op": "relu", "inputs": [0]}], "output": 1}',
+     "does not depend on x"),
+    ('{"nodes": [{"op": "x"}, {"op": "relu", "inputs": [0]}, {"op": "exp", "inputs": [0]}], "output": 1}',
+     "do not reach the output"),
+    ('{"nodes": [{"op": "x"}, {"op": "pow", "inputs": [0], "k": 12}], "output": 1}', "k must lie"),
+    ('{"nodes": [{"op": "x"}, {"op": "param", "name": "alpha"}, {"op": "mul", "inputs": [0, 1]}], "output": 2}',
+     "param name"),
+    ('{"nodes": [{"op": "x"}, {"op": "const", "value": "NaN"}, {"op": "mul", "inputs": [0, 1]}], "output": 2}',
+     "finite numeric"),
+    ('{"nodes": [{"op": "x"}, {"op": "relu", "inputs": [0], "eps": 1}], "output": 1}', "no attribute"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_JSON)
+def test_malformed_json_graphs_raise_graph_error(text, message):
+    with pytest.raises(GraphError, match=message):
+        Graph.from_json(text)
+
+
+def test_size_limits():
+    deep = "x"
+    for _ in range(70):
+        deep = f"relu({deep})"
+    with pytest.raises(ValueError, match="deep"):
+        parse(deep)
+    doubling = "x"
+    for _ in range(12):
+        doubling = f"sin({doubling}) * cos({doubling})"
+        doubling = str(parse(doubling)) if len(doubling) < 5000 else doubling
+    with pytest.raises(ValueError):
+        parse(doubling)
+
+
+@pytest.mark.parametrize("formula,batch,params,degree", [
+    ("relu((x - batch_mean(x)) / batch_std(x) * gamma + beta)", True, 2, None),
+    ("x * sigmoid(v1 * x) / group_std(x) * gamma + beta", False, 3, None),
+    ("x - batch_mean(x)", True, 0, 1),
+    ("(x - instance_mean(x)) * gamma + beta", False, 2, 1),
+    ("x ** 3 * v1 + x * v2 + beta", False, 3, 3),
+    ("instance_var(x) * x", False, 0, 3),
+    ("x / v1 + x / 2", False, 1, 1),
+    ("x / x", False, 0, None),
+    ("x * exp(v1)", False, 1, 1),
+    ("poly(x, order=4)", False, 5, 4),
+    ("poly(x ** 2, order=3)", False, 4, 6),
+    ("rational(x)", False, 10, None),
+    ("rational(x, p=2, q=1) + poly(x) * gamma", False, 4 + 4 + 1, None),
+    ("relu(x)", False, 0, None),
+    ("layer_std(x) * x", False, 0, None),
+])
+def test_reported_properties(formula, batch, params, degree):
+    g = parse(formula)
+    assert (g.uses_batch_stats, g.params_per_channel, g.poly_degree) == (batch, params, degree)
+
+
+def test_reference_layer_properties():
+    assert parse(REFERENCE_LAYERS["evonorm-b0"]).uses_batch_stats
+    assert not parse(REFERENCE_LAYERS["evonorm-s0"]).uses_batch_stats
+    assert parse(REFERENCE_LAYERS["bn-poly"]).params_per_channel == 6
+
+
+def test_from_nodes_rejects_forward_references():
+    with pytest.raises(GraphError):
+        Graph.from_nodes([("relu", (1,), {}), ("x", (), {})], 0)

@@ -1,0 +1,70 @@
+"""Search modes: which primitives a search may use and which layers it accepts.
+
+- `batch`: every primitive.
+- `sample`: no batch moments, so the layer works at any batch size (EvoNorm's S-series).
+- `polynomial`: only ops that keep a polynomial in x (+ - * neg, integer powers,
+  `poly` units, means and variances), and the layer's degree must be at most
+  `max_degree` (layers fit for homomorphic encryption).
+
+A mode owns the op menu that mutation and the random generator draw from, and
+`accept(graph)`, the final word on whether a graph may be proposed.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from primitives import Graph
+from primitives.ops import OPS
+from primitives.random_graph import random_graph
+
+MODES = ("batch", "sample", "polynomial")
+DEFAULT_MAX_DEGREE = 4
+MAX_OPS = 24            # inner operations in a searched layer (keeps layers cheap to train)
+
+_INNER = tuple(name for name, op in OPS.items() if op.kind != "leaf")
+_POLY_OPS = tuple(name for name in _INNER
+                  if name in ("add", "sub", "mul", "neg", "pow", "poly")
+                  or OPS[name].stat in ("mean", "var"))
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    ops: tuple[str, ...]                 # inner ops mutation and random graphs may use
+    max_degree: int | None = None        # polynomial mode only
+    max_ops: int = MAX_OPS
+
+    def why_not(self, graph: Graph) -> str | None:
+        """Why `graph` is outside this mode, or None when it is allowed."""
+        inner = sum(1 for n in graph.nodes if n.spec.kind != "leaf")
+        if inner > self.max_ops:
+            return f"{inner} operations, more than {self.max_ops}"
+        if self.name == "sample" and graph.uses_batch_stats:
+            return "uses batch statistics (not allowed in sample mode)"
+        if self.name == "polynomial":
+            if graph.poly_degree is None:
+                return "is not a polynomial in x (polynomial mode)"
+            if graph.poly_degree > self.max_degree:
+                return f"has degree {graph.poly_degree}, above --max-degree {self.max_degree}"
+        return None
+
+    def accept(self, graph: Graph) -> bool:
+        return self.why_not(graph) is None
+
+    def random_graph(self, rng: random.Random) -> Graph:
+        """A random layer of this mode: the first population's raw material."""
+        return random_graph(rng, ops=self.ops, min_ops=2, max_ops=min(8, self.max_ops),
+                            accept=self.accept, tries=5000)
+
+
+def get_mode(name: str, max_degree: int = DEFAULT_MAX_DEGREE, max_ops: int = MAX_OPS) -> Mode:
+    if name == "batch":
+        return Mode("batch", _INNER, max_ops=max_ops)
+    if name == "sample":
+        return Mode("sample", tuple(n for n in _INNER if not OPS[n].uses_batch_stats), max_ops=max_ops)
+    if name == "polynomial":
+        if max_degree < 1:
+            raise ValueError(f"max degree must be at least 1, got {max_degree}")
+        return Mode("polynomial", _POLY_OPS, max_degree=max_degree, max_ops=max_ops)
+    raise ValueError(f"unknown mode {name!r} (choose from {', '.join(MODES)})")

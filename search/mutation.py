@@ -1,0 +1,189 @@
+"""Mutation of layer graphs.
+
+`mutate(parent, rng, mode)` returns `(child, description)`: the child is always
+a valid graph inside the mode and differs from its parent (a different
+canonical hash); a mutation that fails either test is redrawn. Six kinds:
+
+- `op`:      a node's op becomes another op of the same arity (same kind preferred)
+- `rewire`:  one input of a node now comes from another earlier node or a new terminal
+- `insert`:  a new op node is put after a node, in front of its consumers
+- `remove`:  a node is bypassed: its consumers read one of its inputs instead
+- `keyword`: a keyword (eps, groups, order, p, q, k) or a constant gets another value
+- `vector`:  a learnable vector becomes another one (or a constant, or back)
+
+Editing works on small mutable node objects linked by reference, so no index
+bookkeeping is needed; the result goes back through `Graph.from_nodes`, which
+re-merges, re-folds and drops nodes that no longer reach the output.
+"""
+from __future__ import annotations
+
+import random
+
+from primitives import Graph, GraphError
+from primitives.ops import LEARNABLE_VECTORS, OPS
+from primitives.random_graph import CONSTANTS, KEYWORD_MENU, random_keywords, random_terminal
+
+from .modes import Mode, get_mode
+
+KINDS = ("op", "rewire", "insert", "remove", "keyword", "vector")
+WEIGHTS = (3, 2, 3, 2, 2, 1)
+
+
+class _N:
+    __slots__ = ("op", "inputs", "attrs")
+
+    def __init__(self, op, inputs=(), attrs=None):
+        self.op, self.inputs, self.attrs = op, list(inputs), dict(attrs or {})
+
+    def label(self) -> str:
+        if self.op == "const":
+            return f"{self.attrs['value']:g}"
+        if self.op == "param":
+            return self.attrs["name"]
+        kw = ", ".join(f"{k}={v:g}" for k, v in sorted(self.attrs.items()))
+        return f"{self.op}({kw})" if kw else self.op
+
+
+def _unpack(graph: Graph) -> tuple[list[_N], _N]:
+    objs: list[_N] = []
+    for n in graph.nodes:
+        objs.append(_N(n.op, [objs[j] for j in n.inputs], n.attrs))
+    return objs, objs[graph.output]
+
+
+def _pack(output: _N) -> Graph:
+    """Post-order from the output back into index form, then a canonical Graph."""
+    index: dict[int, int] = {}
+    nodes = []
+    stack = [(output, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in index:
+            continue
+        if expanded:
+            index[id(node)] = len(nodes)
+            nodes.append((node.op, tuple(index[id(i)] for i in node.inputs), node.attrs))
+        else:
+            stack.append((node, True))
+            stack.extend((i, False) for i in reversed(node.inputs) if id(i) not in index)
+    return Graph.from_nodes(nodes, index[id(output)])
+
+
+def _terminal(rng: random.Random) -> _N:
+    op, attrs = random_terminal(rng)
+    return _N(op, (), attrs)
+
+
+def _consumers(objs: list[_N], target: _N) -> list[tuple[_N, int]]:
+    return [(n, k) for n in objs for k, i in enumerate(n.inputs) if i is target]
+
+
+def _mutate_once(objs: list[_N], output: _N, kind: str, rng: random.Random, mode: Mode):
+    """Apply one mutation in place; return (new output, description) or None if not applicable."""
+    inner = [n for n in objs if n.inputs]
+    if kind == "op":
+        if not inner:
+            return None
+        node = rng.choice(inner)
+        same_arity = [o for o in mode.ops if OPS[o].arity == len(node.inputs) and o != node.op]
+        same_kind = [o for o in same_arity if OPS[o].kind == OPS[node.op].kind]
+        pool = same_kind if same_kind and rng.random() < 0.6 else same_arity
+        if not pool:
+            return None
+        new = rng.choice(pool)
+        old = node.label()
+        node.op, node.attrs = new, random_keywords(new, rng)
+        return output, f"op {old} -> {node.label()}"
+    if kind == "rewire":
+        if not inner:
+            return None
+        node = rng.choice(inner)
+        slot = rng.randrange(len(node.inputs))
+        before = objs[:objs.index(node)]  # topological order: none of these depends on node
+        choices = [n for n in before if n is not node.inputs[slot]]
+        if choices and rng.random() < 0.75:
+            source = rng.choice(choices)
+        else:
+            source = _terminal(rng)
+        old = node.inputs[slot].label()
+        node.inputs[slot] = source
+        return output, f"rewire {node.label()} input {slot}: {old} -> {source.label()}"
+    if kind == "insert":
+        target = rng.choice(objs)
+        op = rng.choice(mode.ops)
+        arity = OPS[op].arity
+        inputs = [target]
+        if arity == 2:
+            upto = objs[:objs.index(target) + 1]
+            other = rng.choice(upto) if rng.random() < 0.5 else _terminal(rng)
+            inputs.insert(rng.randrange(2), other)
+        new = _N(op, inputs, random_keywords(op, rng))
+        users = _consumers(objs, target)
+        if users and rng.random() < 0.5:
+            users = [rng.choice(users)]
+        for user, slot in users:
+            user.inputs[slot] = new
+        if target is output or not users:
+            output = new if (target is output or rng.random() < 0.5) else output
+        return output, f"insert {new.label()} after {target.label()}"
+    if kind == "remove":
+        if not inner:
+            return None
+        node = rng.choice(inner)
+        keep = rng.choice(node.inputs)
+        for user, slot in _consumers(objs, node):
+            user.inputs[slot] = keep
+        if node is output:
+            output = keep
+        return output, f"remove {node.label()}"
+    if kind == "keyword":
+        tunable = [n for n in objs if n.op == "const" or (n.inputs and OPS[n.op].keywords)]
+        if not tunable:
+            return None
+        node = rng.choice(tunable)
+        old = node.label()
+        if node.op == "const":
+            value = node.attrs["value"]
+            node.attrs["value"] = rng.choice([c for c in CONSTANTS if c != value] + [value * rng.choice((0.5, 2.0, -1.0))])
+        else:
+            key = rng.choice(sorted(OPS[node.op].keywords))
+            menu = [v for v in KEYWORD_MENU[key] if v != node.attrs.get(key)]
+            if not menu:
+                return None
+            node.attrs[key] = rng.choice(menu)
+        return output, f"keyword {old} -> {node.label()}"
+    if kind == "vector":
+        leaves = [n for n in objs if n.op in ("param", "const")]
+        if not leaves:
+            return None
+        node = rng.choice(leaves)
+        old = node.label()
+        if node.op == "param" and rng.random() < 0.85:
+            node.attrs = {"name": rng.choice([v for v in LEARNABLE_VECTORS if v != node.attrs["name"]])}
+        elif node.op == "param":
+            node.op, node.attrs = "const", {"value": rng.choice(CONSTANTS)}
+        else:
+            node.op, node.attrs = "param", {"name": rng.choice(LEARNABLE_VECTORS)}
+        return output, f"vector {old} -> {node.label()}"
+    raise ValueError(f"unknown mutation kind {kind!r}")
+
+
+def mutate(parent: Graph, rng: random.Random, mode: Mode | None = None,
+           kinds=KINDS, tries: int = 200) -> tuple[Graph, str]:
+    """A valid child of `parent`, inside `mode`, with a different hash; and what changed."""
+    mode = mode or get_mode("batch")
+    weights = [WEIGHTS[KINDS.index(k)] for k in kinds]
+    for _ in range(tries):
+        objs, output = _unpack(parent)
+        kind = rng.choices(kinds, weights=weights)[0]
+        done = _mutate_once(objs, output, kind, rng, mode)
+        if done is None:
+            continue
+        new_output, text = done
+        try:
+            child = _pack(new_output)
+        except (GraphError, RecursionError):
+            continue
+        if child.hash != parent.hash and mode.accept(child):
+            return child, text
+    raise GraphError(f"no valid mutation of {parent} in {tries} tries")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .formula import format_number, parse
+from .formula import parse, reading_order
 from .graph import Graph
 from .ops import FULL, VECTOR_INIT
 
@@ -40,6 +40,9 @@ def _ungrouped(s, like):
 ''',
 }
 
+_ATOM = 5  # precedence of a name or a call
+_INLINE = ("infix", "prefix", "call", "moment")  # ops whose value can be written in place
+_INLINE_INTO = ("infix", "prefix", "call")       # ops that take their inputs as expressions
 _CLAMP = {"max": "clamp_min", "min": "clamp_max"}  # max(t, number) without a tensor for the number
 _AXIS_DIMS = {"batch": "(0,) + sp", "instance": "sp", "layer": "(1,) + sp", "channel": "(1,)"}
 
@@ -88,30 +91,45 @@ def _emit_body(graph: Graph, m: _Module) -> list[str]:
     """Fill `m` with the forward statements; return each node's expression."""
     nodes, shapes = graph.nodes, graph.shapes
     m.prologue += ["sp = tuple(range(2, x.dim()))", "pshape = (1, -1) + (1,) * len(sp)"]
-    names: list[str] = []
+    consumers = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        for j in node.inputs:
+            consumers[j].append(i)
+
+    def inlined(i) -> bool:
+        """A value used once by an elementwise op is written inside that op's expression,
+        as one would by hand, so its memory is freed as early as in hand-written code."""
+        users = consumers[i]
+        return (i != graph.output and len(users) == 1 and nodes[i].spec.kind in _INLINE
+                and nodes[users[0]].spec.kind in _INLINE_INTO)
+
+    exprs: list[tuple[str, int]] = []  # (code, precedence) per node
     moment_groups = _group_moments(graph)
     emitted_groups = {}
     units = 0
     for i, node in enumerate(nodes):
         spec = node.spec
-        args = [names[j] for j in node.inputs]
-        target = f"t{i}"
+        order = reading_order(graph, node)
+        args = [exprs[j] for j in order]
+        names = [text for text, _ in args]
+        prec = _ATOM
         if node.op == "x":
-            names.append("x")
+            exprs.append(("x", _ATOM))
             continue
         if node.op == "const":
-            names.append(repr(node.attrs["value"]))
+            value = node.attrs["value"]
+            exprs.append((repr(value), 3 if value < 0 else _ATOM))
             continue
         if node.op == "param":
             name = node.attrs["name"]
             m.params[name] = f"torch.full((channels,), {VECTOR_INIT[name]!r})"
             m.prologue.append(f"{name} = self.{name}.view(pshape)")
-            names.append(name)
+            exprs.append((name, _ATOM))
             continue
         if spec.kind == "moment":
             k = moment_groups[i]
             if k not in emitted_groups:
-                source = args[0] if shapes[node.inputs[0]] == FULL else f"{args[0]}.expand_as(x)"
+                source = names[0] if shapes[node.inputs[0]] == FULL else f"{names[0]}.expand_as(x)"
                 emitted_groups[k] = _emit_moment_group(graph, k, moment_groups, source, m)
             expr = emitted_groups[k][node.spec.stat]
             if spec.stat in ("std", "rms"):
@@ -119,16 +137,33 @@ def _emit_body(graph: Graph, m: _Module) -> list[str]:
             if spec.axis == "group":
                 expr = f"_ungrouped({expr}, x)"
         elif spec.kind == "unit":
-            expr = _emit_unit(node, args[0], units, m)
+            expr, prec = _emit_unit(node, names[0], units, m)
             units += 1
         elif node.op in _CLAMP and any(nodes[j].op == "const" for j in node.inputs):
-            tensor, number = args[::-1] if nodes[node.inputs[0]].op == "const" else args
+            tensor, number = names[::-1] if nodes[order[0]].op == "const" else names
             expr = f"torch.{_CLAMP[node.op]}({tensor}, {number})"
+        elif spec.kind in ("infix", "prefix"):
+            expr, prec = spec.template.format(*_operands(spec, args), **node.attrs), spec.precedence
         else:
-            expr = spec.template.format(*args, **node.attrs)
-        m.body.append(f"{target} = {expr}")
-        names.append(target)
-    return names
+            expr = spec.template.format(*names, **node.attrs)
+        if inlined(i):
+            exprs.append((expr, prec))
+        else:
+            m.body.append(f"t{i} = {expr}")
+            exprs.append((f"t{i}", _ATOM))
+    return [text for text, _ in exprs]
+
+
+def _operands(spec, args) -> list[str]:
+    """Parenthesise inlined operands of an infix or prefix op only where Python needs it."""
+    out = []
+    for position, (text, prec) in enumerate(args):
+        if spec.kind == "prefix" or spec.name == "pow":
+            wrap = prec <= spec.precedence
+        else:
+            wrap = prec < spec.precedence if position == 0 else prec <= spec.precedence
+        out.append(f"({text})" if wrap else text)
+    return out
 
 
 def _group_moments(graph: Graph) -> dict[int, int]:
@@ -205,7 +240,7 @@ def _horner(coefficients: str, count: int, variable: str, absolute: bool = False
     return expr
 
 
-def _emit_unit(node, arg: str, index: int, m: _Module) -> str:
+def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
     """Learnable per-channel polynomial or pole-free rational, initialised to identity."""
     identity = lambda n: f"torch.tensor([{', '.join('1.0' if i == 1 else '0.0' for i in range(n))}]).repeat(channels, 1).T.contiguous()"
     if node.op == "poly":
@@ -213,7 +248,7 @@ def _emit_unit(node, arg: str, index: int, m: _Module) -> str:
         name = f"poly{index}"
         m.params[name] = identity(n)
         m.prologue.append(f"{name} = self.{name}.view(({n},) + pshape)")
-        return _horner(name, n, arg)
+        return _horner(name, n, arg), 1
     p, q = node.attrs["p"] + 1, node.attrs["q"]
     num, den = f"rational{index}_num", f"rational{index}_den"
     m.params[num] = identity(p)
@@ -222,7 +257,7 @@ def _emit_unit(node, arg: str, index: int, m: _Module) -> str:
     m.prologue.append(f"{den} = self.{den}.view(({q},) + pshape)")
     m.body.append(f"a{index} = abs({arg})")
     denominator = f"1.0 + a{index} * ({_horner(den, q, f'a{index}', absolute=True)})"
-    return f"({_horner(num, p, arg)}) / ({denominator})"
+    return f"({_horner(num, p, arg)}) / ({denominator})", 2
 
 
 # -- running the source ----------------------------------------------------------------------------

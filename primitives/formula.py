@@ -168,26 +168,28 @@ def format_number(value: float) -> str:
     return plain
 
 
-def to_formula(graph: Graph) -> str:
-    """Print with minimal parentheses; equal subexpressions are written out each time.
-
-    Commutative operands are printed in a reader's order (numbers first in a
-    product, then a chain of the same op, then what depends on x, smaller terms
-    first: `x * gamma + beta`);
-    the order does not change the graph the text parses to."""
+def reading_order(graph: Graph, node) -> list[int]:
+    """A node's inputs in the order a reader expects: for commutative ops, numbers
+    first in a product, then a chain of the same op, then what depends on x,
+    smaller terms first (`x * gamma + beta`). The order never changes the graph."""
+    if not node.spec.commutative:
+        return list(node.inputs)
     sizes, depends = graph.subtree_sizes, graph.depends_on_x
 
-    def reading_order(node, j):
+    def key(j):
         number_first = node.op == "mul" and graph.nodes[j].op == "const"
         chain_first = graph.nodes[j].op == node.op  # a + b + c rather than c + (a + b)
         return (not number_first, not chain_first, not depends[j], sizes[j], j)
 
+    return sorted(node.inputs, key=key)
+
+
+def to_formula(graph: Graph) -> str:
+    """Print with minimal parentheses, operands in reading order; equal
+    subexpressions are written out each time."""
     texts: list[tuple[str, int]] = []  # (text, precedence) per node
     for node in graph.nodes:
-        inputs = node.inputs
-        if node.spec.commutative:
-            inputs = sorted(inputs, key=lambda j: reading_order(node, j))
-        texts.append(_print_node(node, [texts[j] for j in inputs]))
+        texts.append(_print_node(node, [texts[j] for j in reading_order(graph, node)]))
     return texts[graph.output][0]
 
 

@@ -1,0 +1,168 @@
+"""The search configuration: defaults < TOML file < command-line flags, one dataclass.
+
+A TOML file uses the field names below as top-level keys (hyphens or
+underscores), plus an optional `[eval]` table passed to the evaluators'
+`EvalConfig` (e.g. `quality_threshold`, `compile`, `device`). Every value is
+type- and range-checked here, before anything is written; a bad one raises
+`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+
+from .modes import MODES
+
+DATASETS = ("fashion-mnist", "cifar10", "synthetic")
+ARCHS = ("resnet", "mobilenetv2", "efficientnet")
+EXECUTORS = ("local", "ray")
+EVALUATORS = ("train", "surrogate")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI turns it into one line and exit status 2."""
+
+
+@dataclass
+class SearchConfig:
+    out: str | None = None               # run directory; default results/<timestamp>-<mode>-s<seed>
+    address: str | None = None           # existing Ray cluster ("auto", "ray://host:10001", "host:port")
+    executor: str = "ray"                # ray | local (in-process, one candidate at a time)
+    workers: int | None = None           # default: one per GPU (see gpus_per_worker), else one per CPU
+    gpus_per_worker: float | None = None # default 1 when the cluster has GPUs, else 0
+    budget: int = 300                    # records in the run, rejected proposals included
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    archs: tuple[str, ...] = ARCHS
+    steps: int | None = None             # training steps per proxy; default: the evaluators'
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    mode: str = "batch"
+    max_degree: int = 4                  # polynomial mode only
+    population: int = 32
+    tournament: int = 8
+    seed_formulas: tuple[str, ...] = ()
+    cost: bool = False                   # add params_per_channel (minimised) to the objectives
+    evaluator: str = "train"             # train (real proxies) | surrogate (cheap stand-in for tests)
+    surrogate_seconds: float = 0.0       # CPU-bound work per surrogate evaluation
+    max_retries: int = 2                 # resubmissions of a candidate whose worker died
+    flush_every: int = 20                # records per part file (at most)
+    flush_seconds: float = 30.0          # and at least this often
+    eval: dict = field(default_factory=dict)  # extra EvalConfig fields
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(f"acc_{a}" for a in self.archs) + (("params_per_channel",) if self.cost else ())
+
+    @property
+    def goals(self) -> tuple[str, ...]:
+        return ("max",) * len(self.archs) + (("min",) if self.cost else ())
+
+    def default_out(self) -> str:
+        return os.path.join("results", f"{time.strftime('%Y%m%d-%H%M%S')}-{self.mode}-s{self.seed}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["archs"], d["seed_formulas"] = list(self.archs), list(self.seed_formulas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        return build_config(overrides=d)
+
+    def eval_config_dict(self) -> dict:
+        """Fields for evaluators.evaluate.EvalConfig.from_dict."""
+        d = dict(self.eval)
+        d.update(dataset=self.dataset, data_root=self.data_root, archs=list(self.archs), seed=self.seed)
+        for key in ("steps", "batch_size", "lr"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
+_INT = {"workers", "budget", "steps", "batch_size", "seed", "max_degree", "population",
+        "tournament", "max_retries", "flush_every"}
+_FLOAT = {"gpus_per_worker", "lr", "surrogate_seconds", "flush_seconds"}
+_STR = {"out", "address", "dataset", "data_root", "mode", "executor", "evaluator"}
+_CHOICES = {"dataset": DATASETS, "mode": MODES, "executor": EXECUTORS, "evaluator": EVALUATORS}
+_MIN = {"workers": 1, "budget": 1, "steps": 1, "batch_size": 1, "max_degree": 1, "population": 1,
+        "tournament": 1, "max_retries": 0, "flush_every": 1, "seed": 0}
+
+
+def _check(key: str, value):
+    if value is None:
+        if _FIELDS[key].default is None:
+            return None
+        raise ConfigError(f"{key} may not be empty")
+    if key in _INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if value < _MIN.get(key, 0):
+            raise ConfigError(f"{key} must be at least {_MIN.get(key, 0)}, got {value}")
+    elif key in _FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"{key} must be a non-negative number, got {value}")
+        if key == "lr" and value == 0:
+            raise ConfigError("lr must be positive")
+    elif key in _STR:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(_CHOICES[key])})")
+    elif key == "cost":
+        if not isinstance(value, bool):
+            raise ConfigError(f"cost must be true or false, got {value!r}")
+    elif key in ("archs", "seed_formulas"):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) \
+                or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        value = tuple(value)
+        if key == "archs":
+            if not value:
+                raise ConfigError("archs may not be empty")
+            for a in value:
+                if a not in ARCHS:
+                    raise ConfigError(f"unknown arch {a!r} (choose from {', '.join(ARCHS)})")
+            if len(set(value)) != len(value):
+                raise ConfigError("archs lists an arch twice")
+    elif key == "eval":
+        if not isinstance(value, dict):
+            raise ConfigError(f"eval must be a table, got {value!r}")
+        value = dict(value)
+    return value
+
+
+def load_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+
+
+def build_config(toml: dict | None = None, overrides: dict | None = None) -> SearchConfig:
+    """Defaults, then a TOML table, then `overrides` (flags; None values are ignored)."""
+    values: dict = {}
+    for source, skip_none in ((toml or {}, False), (overrides or {}, True)):
+        for raw_key, value in source.items():
+            key = raw_key.replace("-", "_")
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown config key {raw_key!r}")
+            if skip_none and value is None:
+                continue
+            values[key] = _check(key, value)
+    config = SearchConfig(**values)
+    if config.tournament > config.population:
+        raise ConfigError(f"tournament ({config.tournament}) may not exceed population ({config.population})")
+    return config

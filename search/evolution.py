@@ -1,0 +1,211 @@
+"""The driver: proposes candidates, screens them, keeps workers busy, records everything.
+
+One loop, one writer:
+
+1. While a worker is free and the budget allows, propose a candidate: a seed
+   formula (ids below the number of seeds), a random layer (while the
+   population plus the candidates in training is below P), or the mutated
+   winner of a tournament. Its RNG is derived from (seed, id), so a resumed
+   run proposes what a fresh run would have from that id on.
+2. Screen it in the driver (validity, duplicate, equivalence, stability). A
+   rejected candidate is recorded at once; a duplicate or equivalent one gets
+   the scores of the record it points at (held until that one finishes if it
+   is still training); the rest go to the executor.
+3. Record what the executor finished; `ok` candidates join the population and
+   the oldest member leaves.
+
+The budget counts records: a run with budget N ends with exactly N records,
+rejected proposals included.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+
+from primitives import Graph, parse
+
+from .modes import Mode
+from .mutation import mutate
+from .pareto import pareto_mask
+from .selection import Member, Population, tournament
+
+STATUSES = ("ok", "invalid", "duplicate", "equivalent", "unstable", "low_quality", "failed")
+
+
+def candidate_rng(seed: int, candidate_id: int) -> random.Random:
+    return random.Random(f"evonorm:{seed}:{candidate_id}")
+
+
+class Driver:
+    def __init__(self, config, mode: Mode, store, screen, executor, *, start_id: int = 0,
+                 done: int = 0, progress=sys.stderr, progress_seconds: float = 2.0, on_record=None):
+        self.config, self.mode, self.store, self.screen, self.executor = config, mode, store, screen, executor
+        self.archs = tuple(config.archs)
+        self.acc_keys = tuple(f"acc_{a}" for a in self.archs)
+        self.objectives, self.goals = tuple(config.objectives), tuple(config.goals)
+        self.population = Population(config.population)
+        self.seeds = [parse(f) for f in config.seed_formulas]
+        self.next_id = start_id
+        self.done = done                      # records written, this session and before
+        self.counts: Counter = Counter()      # status -> records, this session
+        self.best = {k: -math.inf for k in self.acc_keys}
+        self.front: list[tuple] = []          # objective points of the current front
+        self.scores: dict[int, dict] = {}     # id -> acc_* of records that have some
+        self.pending: dict[int, dict] = {}    # id -> record being trained
+        self.held: dict[int, list] = defaultdict(list)  # original id -> records waiting for its scores
+        self.graphs: dict[int, Graph] = {}    # pending id -> graph (joins the population when ok)
+        self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
+        self.started = time.monotonic()
+        self._last_report = 0.0
+
+    # -- resume ------------------------------------------------------------------------------------
+    def restore(self, records) -> None:
+        """Rebuild from recorded candidates (dicts in id order): Screen memory, known scores,
+        best/front, and the population as the last P `ok` records."""
+        ok = []
+        for r in records:
+            self.screen.remember(r)
+            accs = {k: r.get(k) for k in self.acc_keys}
+            if any(_num(v) is not None for v in accs.values()):
+                self.scores[int(r["id"])] = accs
+            if r.get("status") == "ok":
+                ok.append(r)
+                self._update_front(r)
+        for r in ok[-self.config.population:]:
+            self.population.add(Member(int(r["id"]), Graph.from_json(r["graph"]), self._point(r)))
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Propose, screen, train and record until the budget is reached. Returns records written."""
+        budget = self.config.budget
+        written_before = self.done
+        proposed = self.done
+        while self.done < budget:
+            checked = 0
+            while (proposed < budget and self.executor.in_flight < self.executor.capacity
+                   and checked < 64):
+                self._propose()
+                proposed += 1
+                checked += 1
+            busy = proposed < budget and self.executor.in_flight < self.executor.capacity
+            for finished in self.executor.wait(timeout=0 if busy else 0.5):
+                self._finish(finished)
+            if not self.executor.in_flight and proposed >= budget and self.done < budget:
+                raise RuntimeError(f"driver stalled: {budget - self.done} records held with no original")
+            self.report()
+        self.report(force=True)
+        return self.done - written_before
+
+    def _propose(self) -> None:
+        cid = self.next_id
+        self.next_id += 1
+        rng = candidate_rng(self.config.seed, cid)
+        parent_id, mutation = None, "random"
+        training = len(self.pending)
+        if cid < len(self.seeds):
+            graph, mutation = self.seeds[cid], "seed"
+        elif len(self.population) == 0 or len(self.population) + training < self.config.population:
+            graph = self.mode.random_graph(rng)
+        else:
+            parent = tournament(self.population, self.config.tournament, self.goals, rng)
+            graph, mutation = mutate(parent.graph, rng, self.mode)
+            parent_id = parent.id
+        start = time.perf_counter()
+        check = self.screen.check(graph, cid)
+        screen_seconds = time.perf_counter() - start
+        record = {"id": cid, "parent_id": parent_id, "mutation": mutation,
+                  **{k: check.get(k) for k in ("formula", "graph", "graph_hash", "params_per_channel",
+                                               "uses_batch_stats", "poly_degree")},
+                  "status": check.get("status"), "reason": check.get("reason"),
+                  "equivalent_to": check.get("equivalent_to"),
+                  **{k: None for k in self.acc_keys},
+                  "seconds": screen_seconds, "worker": "driver",
+                  "stage_seconds": dict(check.get("stage_seconds") or {})}
+        status = record["status"]
+        if status is None:
+            self.pending[cid] = record
+            self.graphs[cid] = graph
+            self.executor.submit(cid, record["graph"])
+        elif status in ("duplicate", "equivalent") and record["equivalent_to"] is not None:
+            original = int(record["equivalent_to"])
+            if original in self.pending:
+                self.held[original].append(record)
+            else:
+                record.update(self.scores.get(original, {}))
+                self._write(record)
+        else:
+            self._write(record)
+
+    def _finish(self, finished) -> None:
+        record = self.pending.pop(finished.candidate_id)
+        graph = self.graphs.pop(finished.candidate_id)
+        result = finished.result
+        record["status"] = result.get("status", "failed")
+        record["reason"] = result.get("reason")
+        for k in self.acc_keys:
+            record[k] = _num(result.get(k))
+        record["seconds"] += float(result.get("seconds") or 0.0)
+        record["stage_seconds"].update(result.get("stage_seconds") or {})
+        record["worker"] = finished.worker
+        self._write(record)
+        accs = {k: record[k] for k in self.acc_keys}
+        if any(v is not None for v in accs.values()):
+            self.scores[record["id"]] = accs
+        if record["status"] == "ok" and all(v is not None for v in accs.values()):
+            self.population.add(Member(record["id"], graph, self._point(record)))
+        for waiting in self.held.pop(record["id"], []):
+            waiting.update(accs)
+            self._write(waiting)
+
+    def _write(self, record: dict) -> None:
+        record["created_at"] = datetime.now(timezone.utc)
+        record["stage_seconds"] = json.dumps(record.get("stage_seconds") or {}, sort_keys=True)
+        self.store.append(record)
+        self.done += 1
+        self.counts[record["status"]] += 1
+        if record["status"] == "ok":
+            self._update_front(record)
+        if self.on_record is not None:
+            self.on_record(self, record)
+
+    # -- objectives, front, progress --------------------------------------------------------------------
+    def _point(self, record) -> tuple:
+        return tuple(float(record[k]) for k in self.objectives)
+
+    def _update_front(self, record) -> None:
+        for k in self.acc_keys:
+            v = _num(record.get(k))
+            if v is not None and v > self.best[k]:
+                self.best[k] = v
+        if any(_num(record.get(k)) is None for k in self.objectives):
+            return
+        points = self.front + [self._point(record)]
+        self.front = [p for p, keep in zip(points, pareto_mask(points, self.goals)) if keep]
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress is None or (not force and now - self._last_report < self.progress_seconds):
+            return
+        self._last_report = now
+        elapsed = now - self.started
+        session = sum(self.counts.values())
+        funnel = " ".join(f"{s} {self.counts[s]}" for s in STATUSES if self.counts[s])
+        best = " ".join(f"{k[4:]} {v:.3f}" for k, v in self.best.items() if v > -math.inf) or "-"
+        print(f"[{self.done}/{self.config.budget}] {session / max(elapsed, 1e-9):.2f}/s "
+              f"| {funnel or 'nothing yet'} | training {len(self.pending)} | best {best} "
+              f"| front {len(self.front)} | {elapsed:.0f}s", file=self.progress, flush=True)
+
+
+def _num(v):
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

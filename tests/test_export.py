@@ -116,3 +116,18 @@ def test_compiled_class_is_cached_and_pickles_in_process():
     clone = pickle.loads(pickle.dumps(a))
     x = torch.randn(2, 8, 4, 4)
     torch.testing.assert_close(clone(x), a(x))
+
+
+@pytest.mark.slow
+def test_export_works_with_the_default_inductor_backend():
+    graph = parse(REFERENCE_LAYERS["evonorm-b0"])
+    cls = _load(export_layer(graph, class_name="L"), "L")
+    torch.manual_seed(0)
+    eager, source = cls(8), cls(8)
+    source.load_state_dict(eager.state_dict())
+    compiled = torch.compile(source, fullgraph=True)
+    x = torch.randn(4, 8, 6, 6)
+    for training in (True, False):
+        eager.train(training)
+        compiled.train(training)
+        torch.testing.assert_close(compiled(x), eager(x))

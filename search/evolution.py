@@ -58,6 +58,7 @@ class Driver:
         self.scores: dict[int, dict] = {}     # id -> acc_* of records that have some
         self.pending: dict[int, dict] = {}    # id -> record being trained
         self.held: dict[int, list] = defaultdict(list)  # original id -> records waiting for its scores
+        self.held_on: dict[int, int] = {}     # held id -> the training id it waits for
         self.graphs: dict[int, Graph] = {}    # pending id -> graph (joins the population when ok)
         self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
         self.started = time.monotonic()
@@ -133,8 +134,10 @@ class Driver:
             self.executor.submit(cid, record["graph"])
         elif status in ("duplicate", "equivalent") and record["equivalent_to"] is not None:
             original = int(record["equivalent_to"])
+            original = self.held_on.get(original, original)   # a copy of a copy waits for the same
             if original in self.pending:
                 self.held[original].append(record)
+                self.held_on[cid] = original
             else:
                 record.update(self.scores.get(original, {}))
                 self._write(record)
@@ -154,11 +157,10 @@ class Driver:
         record["worker"] = finished.worker
         self._write(record)
         accs = {k: record[k] for k in self.acc_keys}
-        if any(v is not None for v in accs.values()):
-            self.scores[record["id"]] = accs
         if record["status"] == "ok" and all(v is not None for v in accs.values()):
             self.population.add(Member(record["id"], graph, self._point(record)))
         for waiting in self.held.pop(record["id"], []):
+            del self.held_on[waiting["id"]]
             waiting.update(accs)
             self._write(waiting)
 
@@ -167,6 +169,9 @@ class Driver:
         record["stage_seconds"] = json.dumps(record.get("stage_seconds") or {}, sort_keys=True)
         self.store.append(record)
         self.done += 1
+        accs = {k: record.get(k) for k in self.acc_keys}
+        if any(v is not None for v in accs.values()):
+            self.scores[record["id"]] = accs
         self.counts[record["status"]] += 1
         if record["status"] == "ok":
             self._update_front(record)

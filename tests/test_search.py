@@ -1,0 +1,149 @@
+"""The search driver and `evonorm search`: budget, columns, front, modes, bad input."""
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from primitives import Graph
+from search.config import ConfigError, build_config
+from search.evolution import Driver
+from search.executor import Executor, Finished, LocalExecutor, evaluator_spec, make_screen
+from search.modes import get_mode
+
+DESIGN_COLUMNS = ["id", "parent_id", "formula", "graph", "graph_hash", "status", "reason", "equivalent_to",
+                  "params_per_channel", "uses_batch_stats", "poly_degree", "seconds", "worker", "created_at"]
+
+
+class MemoryStore:
+    def __init__(self):
+        self.records, self.next_id = [], 0
+
+    def append(self, record):
+        self.records.append(dict(record))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class ShuffledExecutor(Executor):
+    """Several candidates at once, finishing in a random order: exercises held duplicates."""
+
+    def __init__(self, spec, capacity=4, seed=0):
+        self.local = LocalExecutor(spec)
+        self.capacity, self.rng, self.jobs = capacity, random.Random(seed), []
+
+    def submit(self, candidate_id, graph_json):
+        self.jobs.append((candidate_id, graph_json))
+
+    @property
+    def in_flight(self):
+        return len(self.jobs)
+
+    def wait(self, timeout=None):
+        if not self.jobs:
+            return []
+        cid, gj = self.jobs.pop(self.rng.randrange(len(self.jobs)))
+        self.local.submit(cid, gj)
+        return self.local.wait()
+
+
+def run_driver(budget=120, executor=None, records=None, start_id=0, **overrides):
+    config = build_config(overrides=dict(evaluator="surrogate", executor="local", budget=budget,
+                                         population=12, tournament=4, **overrides))
+    spec = evaluator_spec(config)
+    store = MemoryStore()
+    driver = Driver(config, get_mode(config.mode, config.max_degree), store, make_screen(spec),
+                    executor or LocalExecutor(spec), start_id=start_id, done=len(records or []), progress=None)
+    if records:
+        driver.restore(records)
+    driver.run()
+    return store.records, driver
+
+
+def test_budget_gives_exactly_n_records_with_unique_ids():
+    records, driver = run_driver(budget=150)
+    assert len(records) == 150
+    assert sorted(r["id"] for r in records) == list(range(150))
+    for r in records:
+        assert set(DESIGN_COLUMNS) <= set(r)
+        assert r["status"] in ("ok", "invalid", "duplicate", "equivalent", "unstable", "low_quality", "failed")
+    statuses = Counter(r["status"] for r in records)
+    assert statuses["ok"] > 20
+    children = [r for r in records if r["parent_id"] is not None]
+    assert children and all(r["parent_id"] < r["id"] for r in children)
+    assert all(r["mutation"] not in ("random", "seed") for r in children)
+
+
+def test_duplicates_copy_scores_even_when_original_in_flight():
+    config = build_config(overrides=dict(evaluator="surrogate"))
+    executor = ShuffledExecutor(evaluator_spec(config), capacity=4)
+    records, _ = run_driver(budget=200, executor=executor)
+    assert len(records) == 200 and len({r["id"] for r in records}) == 200
+    by_id = {r["id"]: r for r in records}
+    copies = [r for r in records if r["status"] in ("duplicate", "equivalent")]
+    assert copies
+    for r in copies:
+        original = by_id[r["equivalent_to"]]
+        assert r["acc_resnet"] == original["acc_resnet"]
+
+
+@pytest.mark.parametrize("executor_capacity", [1, 3])
+def test_sample_mode_never_proposes_a_batch_moment(executor_capacity):
+    config = build_config(overrides=dict(evaluator="surrogate"))
+    executor = ShuffledExecutor(evaluator_spec(config), capacity=executor_capacity)
+    records, _ = run_driver(budget=150, executor=executor, mode="sample")
+    for r in records:
+        graph = Graph.from_json(r["graph"])
+        assert not graph.uses_batch_stats and not r["uses_batch_stats"]
+        assert not any(n.op.startswith("batch_") for n in graph.nodes)
+
+
+def test_polynomial_mode_only_polynomials_within_the_limit():
+    records, _ = run_driver(budget=150, mode="polynomial", max_degree=3,
+                            seed_formulas=["x * x * gamma + beta"])
+    assert records[0]["formula"] == "x * x * gamma + beta" and records[0]["mutation"] == "seed"
+    for r in records:
+        assert r["poly_degree"] is not None and 1 <= r["poly_degree"] <= 3
+        assert Graph.from_json(r["graph"]).poly_degree == r["poly_degree"]
+
+
+def test_restore_continues_exactly_like_a_fresh_run():
+    """Stop at 60 records, rebuild from the records, continue to 140: the same records as
+    one uninterrupted run (local executor, deterministic surrogate)."""
+    full, _ = run_driver(budget=140)
+    first, _ = run_driver(budget=60)
+    rest, driver = run_driver(budget=140, records=first, start_id=60)
+    assert len(first) + len(rest) == 140
+    keys = ("id", "parent_id", "graph_hash", "status", "equivalent_to", "acc_resnet", "mutation")
+    assert [[r[k] for k in keys] for r in first + rest] == [[r[k] for k in keys] for r in full]
+    assert [m.id for m in driver.population][:3]
+
+
+def test_population_is_the_last_p_ok_records():
+    records, _ = run_driver(budget=80)
+    _, driver = run_driver(budget=80, records=records, start_id=80)
+    ok = [r["id"] for r in records if r["status"] == "ok"]
+    assert [m.id for m in driver.population] == ok[-12:]
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="mode"):
+        build_config(overrides={"mode": "nope"})
+    with pytest.raises(ConfigError, match="budget"):
+        build_config({"budget": "ten"})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_config({"bogus": 1})
+    with pytest.raises(ConfigError, match="arch"):
+        build_config({"archs": ["vgg"]})
+    with pytest.raises(ConfigError, match="tournament"):
+        build_config({"population": 4, "tournament": 8})
+    config = build_config({"budget": 10, "max-degree": 2}, {"budget": 20, "seed": None})
+    assert config.budget == 20 and config.max_degree == 2
+    assert build_config(overrides=config.to_dict()) == config

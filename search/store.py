@@ -1,0 +1,328 @@
+"""`RunStore`: the single writer of a run directory (DESIGN.md "The run directory").
+
+    store = RunStore.create("results/demo", {"config": {...}, "seed": 0, "archs": ["resnet"],
+                                             "objectives": [{"column": "acc_resnet", "goal": "max"}],
+                                             "versions": {...}, "started_at": "..."})
+    with store:
+        store.append({"id": store.next_id, "status": "ok", "formula": ..., "acc_resnet": 0.91, ...})
+
+    store = RunStore.open("results/demo")      # resume: next_id, records(), front
+    store.records()                            # every record so far as dicts, id order
+
+Records are buffered and flushed every `flush_every` records or `flush_seconds`
+seconds into a new part file `candidates/part-<seq:06d>.parquet`: written to a
+hidden temporary name, fsynced, then renamed, so a crash never leaves a visible
+half-written part and parquet files are never rewritten. After each flush
+`front.parquet` (the Pareto front of the `ok` records) is rewritten the same way,
+from a front kept in memory and updated incrementally.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .pareto import pareto_mask
+from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_of,
+                     candidate_schema, objectives_of, part_files, read_parts, read_run_json,
+                     to_pandas)
+
+__all__ = ["RunStore", "RunDirError", "STATUSES", "candidate_schema"]
+
+_INT = ("id", "parent_id", "equivalent_to", "params_per_channel", "poly_degree")
+_STR = ("formula", "graph", "graph_hash", "status", "reason", "worker", "mutation")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """write(fileobj) into a hidden temp file next to `path`, fsync, rename over `path`."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+class RunStore:
+    """Appends candidate records to a run directory. One writer per directory."""
+
+    def __init__(self, run_dir, info: dict, *, flush_every: int = 20, flush_seconds: float = 30.0,
+                 _history=None):
+        self.dir = Path(run_dir)
+        self.info = info
+        self.archs = archs_of(info)
+        self.acc_columns = [f"acc_{a}" for a in self.archs]
+        self.objectives = objectives_of(info)
+        self.goals = [g for _, g in self.objectives]
+        self.schema = candidate_schema(self.archs)
+        self.columns = list(self.schema.names)
+        self._known = set(self.columns)
+        self.flush_every = max(1, int(flush_every))
+        self.flush_seconds = float(flush_seconds)
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+        self._history = _history if _history is not None else self.schema.empty_table()
+        self._written_rows: list[dict] = []   # rows flushed by this writer (records() combines)
+        self.ids: set[int] = set()
+        self.next_id = 0
+        self.count = 0
+        self._seq = 0
+        self._warned: set[str] = set()
+        self._closed = False
+        # the front, kept in memory: rows and their objective points (minimisation not applied)
+        self._front_rows: list[dict] = []
+        self._front_points: list[tuple] = []
+        if self._history.num_rows:
+            ids = self._history.column("id").to_pylist()
+            self.ids = set(ids)
+            self.next_id = max(ids) + 1
+            self.count = len(ids)
+            self._init_front(self._history)
+        seqs = [s for s, _ in part_files(self.dir / CANDIDATES)]
+        self._seq = (max(seqs) + 1) if seqs else 0
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir, run_info: dict, **kwargs) -> "RunStore":
+        """A new run directory with run.json; refuses an existing non-empty directory."""
+        run_dir = Path(run_dir)
+        if run_dir.exists():
+            if not run_dir.is_dir():
+                raise RunDirError(f"{run_dir}: exists and is not a directory")
+            if any(run_dir.iterdir()):
+                raise RunDirError(f"{run_dir}: exists and is not empty (use `evonorm resume` to continue a run)")
+        if not isinstance(run_info, dict):
+            raise TypeError("run_info must be a dict")
+        try:
+            archs_of(run_info)
+            objectives_of(run_info)
+        except ValueError as err:
+            raise RunDirError(f"run info: {err}") from None
+        text = json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n"
+        (run_dir / CANDIDATES).mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / RUN_JSON, lambda f: f.write(text.encode("utf-8")))
+        store = cls(run_dir, json.loads(text), **kwargs)
+        store._write_front()
+        return store
+
+    @classmethod
+    def open(cls, run_dir, **kwargs) -> "RunStore":
+        """An existing run directory, to resume: reads run.json and every part file."""
+        run_dir = Path(run_dir)
+        info = read_run_json(run_dir)
+        history = read_parts(run_dir, archs_of(info))
+        (run_dir / CANDIDATES).mkdir(exist_ok=True)
+        return cls(run_dir, info, _history=history, **kwargs)
+
+    # -- writing -----------------------------------------------------------------------------------
+    def append(self, record: dict) -> int:
+        """Buffer one record (its id, or the next id when it has none); returns the id.
+
+        Flushes when `flush_every` records are buffered or `flush_seconds` have passed."""
+        if self._closed:
+            raise RuntimeError("RunStore is closed")
+        row = self._normalize(record)
+        cid = row["id"]
+        if cid in self.ids:
+            raise ValueError(f"candidate id {cid} is already recorded")
+        self.ids.add(cid)
+        if cid >= self.next_id:
+            self.next_id = cid + 1
+        self._buffer.append(row)
+        self.count += 1
+        if len(self._buffer) >= self.flush_every or self._due():
+            self.flush()
+        return cid
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._last_flush >= self.flush_seconds
+
+    def flush_if_due(self) -> bool:
+        """Flush if records have waited `flush_seconds`; for a driver loop with no appends."""
+        if self._buffer and self._due():
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Write buffered records to a new part file, then rewrite front.parquet."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = self._buffer
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        path = self.dir / CANDIDATES / f"part-{self._seq:06d}.parquet"
+        _write_atomic(path, lambda f: pq.write_table(table, f))  # on failure rows stay buffered
+        self._buffer = []
+        self._seq += 1
+        self._written_rows.extend(rows)
+        if self._update_front(rows):
+            self._write_front()
+
+    def close(self) -> None:
+        """Flush what is buffered and write the front. Idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._write_front()
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # -- reading (resume) --------------------------------------------------------------------------
+    def table(self):
+        """Every record so far (flushed and buffered) as a pyarrow Table, id order."""
+        import pyarrow as pa
+
+        new = self._written_rows + self._buffer
+        tables = [self._history]
+        if new:
+            tables.append(pa.Table.from_pylist(new, schema=self.schema))
+        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        return table.sort_by("id") if table.num_rows > 1 else table
+
+    def records(self) -> list[dict]:
+        """Every record so far as dicts (None for nulls), id order."""
+        return self.table().to_pylist()
+
+    def dataframe(self):
+        """Every record so far as a pandas DataFrame (nullable ints), id order."""
+        return to_pandas(self.table()).reset_index(drop=True)
+
+    def front(self) -> list[dict]:
+        """The current Pareto front of flushed `ok` records, id order."""
+        return sorted(self._front_rows, key=lambda r: r["id"])
+
+    def __len__(self) -> int:
+        return self.count
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _normalize(self, record: dict) -> dict:
+        if not isinstance(record, dict):
+            raise TypeError("a record is a dict")
+        for key in record:
+            if key not in self._known and key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(f"RunStore: column {key!r} is not in the run schema; dropped", stacklevel=3)
+        row = {c: record.get(c) for c in self.columns}
+        if row["id"] is None:
+            row["id"] = self.next_id
+        for c in _INT:
+            v = row[c]
+            if v is not None:
+                if isinstance(v, float) and math.isnan(v):
+                    row[c] = None
+                elif isinstance(v, bool) or int(v) != v:
+                    raise ValueError(f"record {row['id']}: {c} must be an integer, got {v!r}")
+                else:
+                    row[c] = int(v)
+        for c in _STR:
+            if row[c] is not None:
+                row[c] = str(row[c])
+        if row["status"] not in STATUSES:
+            raise ValueError(f"record {row['id']}: status must be one of {', '.join(STATUSES)}, "
+                             f"got {row['status']!r}")
+        for c in self.acc_columns + ["seconds"]:
+            v = row[c]
+            if v is not None:
+                v = float(v)
+                row[c] = None if math.isnan(v) else v
+        if row["uses_batch_stats"] is not None:
+            row["uses_batch_stats"] = bool(row["uses_batch_stats"])
+        st = row["stage_seconds"]
+        if st is not None and not isinstance(st, str):
+            row["stage_seconds"] = json.dumps(st, sort_keys=True, default=float)
+        ts = row["created_at"]
+        if ts is None:
+            ts = datetime.now(timezone.utc)
+        elif isinstance(ts, str):
+            try:
+                ts = datetime.fromisoformat(ts)
+            except ValueError:
+                raise ValueError(f"record {row['id']}: created_at is not an ISO time: {ts!r}") from None
+        elif not isinstance(ts, datetime):  # datetime subclasses (pandas.Timestamp) pass above
+            raise ValueError(f"record {row['id']}: created_at must be a datetime, got {type(ts).__name__}")
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        row["created_at"] = ts
+        return row
+
+    def _point(self, row: dict):
+        vals = []
+        for col, _ in self.objectives:
+            v = row.get(col)
+            if v is None:
+                return None
+            v = float(v)
+            if math.isnan(v):
+                return None
+            vals.append(v)
+        return tuple(vals)
+
+    def _update_front(self, rows) -> bool:
+        """Merge new rows into the front; True when it changed."""
+        new = [(r, p) for r in rows if r["status"] == "ok" for p in [self._point(r)] if p is not None]
+        if not new:
+            return False
+        cand_rows = self._front_rows + [r for r, _ in new]
+        cand_pts = self._front_points + [p for _, p in new]
+        mask = pareto_mask(cand_pts, self.goals)
+        self._front_rows = [r for r, k in zip(cand_rows, mask) if k]
+        self._front_points = [p for p, k in zip(cand_pts, mask) if k]
+        return True
+
+    def _init_front(self, table) -> None:
+        import pyarrow.compute as pc
+
+        ok = table.filter(pc.equal(table.column("status"), "ok"))
+        if ok.num_rows == 0:
+            return
+        import numpy as np
+
+        cols = [c for c, _ in self.objectives]
+        pts = np.column_stack([ok.column(c).to_numpy(zero_copy_only=False).astype(float)
+                               if c in ok.column_names else np.full(ok.num_rows, np.nan) for c in cols])
+        mask = pareto_mask(pts, self.goals)
+        front = ok.filter(mask).select(self.columns)
+        self._front_rows = front.to_pylist()
+        self._front_points = [self._point(r) for r in self._front_rows]
+
+    def _write_front(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(self.front(), schema=self.schema)
+        _write_atomic(self.dir / FRONT, lambda f: pq.write_table(table, f))

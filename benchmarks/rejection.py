@@ -1,0 +1,121 @@
+"""How much the rejection protocols throw away, and how fast.
+
+Draws random layer graphs (primitives.random_graph, the search's initial
+distribution), runs each through protocols 1-4 (`evaluators.screen.Screen`)
+and, with --quality, protocol 5 (a short training on the first proxy).
+Prints per protocol the fraction of candidates it rejected and its time per
+candidate checked, the throughput of protocols 1-4 together, and the share of
+would-be proxy trainings the protocols saved.
+
+    python benchmarks/rejection.py                    # 1000 graphs, one core
+    python benchmarks/rejection.py --quality --dataset synthetic --quality-steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET_PER_SECOND = 20.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=1000, help="random graphs to draw")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the target is for one)")
+    ap.add_argument("--quality", action="store_true", help="also run protocol 5 on the survivors")
+    ap.add_argument("--dataset", default="synthetic", help="dataset for --quality")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--quality-steps", type=int, default=None, help="training steps of protocol 5")
+    ap.add_argument("--show", type=int, default=0, help="print this many rejections per status")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from evaluators.protocols import PROTOCOLS
+    from evaluators.screen import Screen
+    from primitives.random_graph import random_graph
+
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    graphs = [random_graph(rng) for _ in range(args.count)]
+
+    screen = Screen()
+    screen.check("relu((x - batch_mean(x)) / batch_std(x) * gamma + beta)", -1)  # warm up lazy init
+    screen = Screen()
+    statuses = collections.Counter()
+    examples = collections.defaultdict(list)
+    survivors = []
+    start = time.perf_counter()
+    for i, graph in enumerate(graphs):
+        record = screen.check(graph, i)
+        status = record["status"] or "passed"
+        statuses[status] += 1
+        if status == "passed":
+            survivors.append(graph)
+        elif len(examples[status]) < args.show:
+            examples[status].append((record["formula"], record["reason"]))
+    screen_seconds = time.perf_counter() - start
+    stats = screen.stats
+
+    evaluator = None
+    if args.quality and survivors:
+        from evaluators.evaluate import EvalConfig, Evaluator
+        config = EvalConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+                            **({"quality_steps": args.quality_steps} if args.quality_steps else {}))
+        evaluator = Evaluator(config)
+        for graph in survivors:
+            result = evaluator.train_arch(graph, config.archs[0], min(config.quality_steps, config.steps))
+            reason = getattr(result, "reason", None)
+            if reason:
+                statuses["failed"] += 1
+                evaluator.quality.checked += 1
+                evaluator.quality.rejected += 1
+                evaluator.quality.seconds += getattr(result, "seconds", 0.0) or 0.0
+                continue
+            verdict = evaluator.quality.judge(result.accuracy, result.seconds)
+            if verdict.status:
+                statuses[verdict.status] += 1
+        stats["quality"] = evaluator.quality.stats()
+
+    n = len(graphs)
+    print(f"rejection protocols on {n} random graphs (seed {args.seed}, torch threads {args.threads})")
+    print(f"{'protocol':<13}{'checked':>8}{'rejected':>10}{'of all':>9}{'ms/cand':>10}")
+    for name in PROTOCOLS:
+        if name not in stats:
+            continue
+        s = stats[name]
+        ms = 1e3 * s["seconds"] / max(s["checked"], 1)
+        print(f"{name:<13}{s['checked']:>8}{s['rejected']:>10}{s['rejected'] / n:>9.1%}{ms:>10.2f}")
+    print("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: -kv[1])))
+    rate = n / screen_seconds
+    verdict = "meets" if rate >= TARGET_PER_SECOND else "MISSES"
+    print(f"protocols 1-4: {rate:.1f} candidates/s ({1e3 * screen_seconds / n:.1f} ms each, "
+          f"wall, graph drawing excluded) -- {verdict} the {TARGET_PER_SECOND:.0f}/s target")
+    rejected_screen = n - len(survivors)
+    print(f"trainings saved by protocols 1-4: {rejected_screen / n:.1%} of candidates never trained")
+    if evaluator is not None:
+        k = len(evaluator.config.archs)
+        quality_rejected = evaluator.quality.rejected
+        would_be = n * k
+        trained = len(survivors) * 1 + (len(survivors) - quality_rejected) * k
+        short = min(evaluator.config.quality_steps, evaluator.config.steps) / evaluator.config.steps
+        cost = len(survivors) * short + (len(survivors) - quality_rejected) * k
+        print(f"protocol 5 rejected {quality_rejected} of {len(survivors)} survivors; proxy trainings "
+              f"run {trained - len(survivors)} of {would_be} would-be ({1 - cost / would_be:.1%} of "
+              f"training compute saved, counting the short trainings)")
+    for status, items in examples.items():
+        print(f"\n{status}:")
+        for formula, reason in items:
+            print(f"  {formula}\n      {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Protocols 1-4 on the driver: the cheap screen every candidate passes through.
+
+`Screen.check` runs validity, duplicate, equivalence and stability in order,
+stops at the first rejection, and remembers what it has seen so later
+duplicates and functional equivalents point at the earlier candidate. It needs
+no dataset and no trainer, so the driver imports it without the training stack.
+"""
+from __future__ import annotations
+
+from primitives import FormulaError, Graph, GraphError, parse
+
+from .protocols import Duplicate, Equivalence, Stability, Validity, fingerprint
+
+
+def describe(graph: Graph) -> dict:
+    """The record fields that come from the graph alone."""
+    return {
+        "formula": str(graph),
+        "graph": graph.to_json(),
+        "graph_hash": graph.hash,
+        "params_per_channel": graph.params_per_channel,
+        "uses_batch_stats": graph.uses_batch_stats,
+        "poly_degree": graph.poly_degree,
+    }
+
+
+def _empty_description(formula) -> dict:
+    return {"formula": formula if isinstance(formula, str) else None, "graph": None, "graph_hash": None,
+            "params_per_channel": None, "uses_batch_stats": None, "poly_degree": None}
+
+
+def to_graph(graph_or_formula) -> Graph:
+    """A Graph from a Graph, a formula or canonical graph JSON; raises FormulaError/GraphError."""
+    if isinstance(graph_or_formula, Graph):
+        return graph_or_formula
+    if isinstance(graph_or_formula, str) and graph_or_formula.lstrip().startswith("{"):
+        return Graph.from_json(graph_or_formula)
+    return parse(graph_or_formula)
+
+
+class Screen:
+    """Protocols 1-4, with memory of the candidates seen (duplicates, equivalents)."""
+
+    def __init__(self, config=None):
+        """`config`: an `EvalConfig` (its stability_threshold and seed are used); None
+        takes the protocols' defaults."""
+        self.config = config
+        stability = {} if config is None else {"threshold": config.stability_threshold, "seed": config.seed}
+        self.validity = Validity()
+        self.duplicate = Duplicate()
+        self.equivalence = Equivalence()
+        self.stability = Stability(**stability)
+        self.protocols = (self.validity, self.duplicate, self.equivalence, self.stability)
+
+    @property
+    def stats(self) -> dict:
+        return {p.name: p.stats() for p in self.protocols}
+
+    def check(self, graph_or_formula, candidate_id: int = 0) -> dict:
+        stage_seconds: dict[str, float] = {}
+        try:
+            graph = to_graph(graph_or_formula)
+        except (FormulaError, GraphError) as err:
+            return {**_empty_description(graph_or_formula), "status": "invalid",
+                    "reason": f"does not parse: {err}", "equivalent_to": None, "stage_seconds": stage_seconds}
+        except Exception as err:  # e.g. a non-string: still data
+            return {**_empty_description(None), "status": "invalid", "reason": f"not a layer: {err}",
+                    "equivalent_to": None, "stage_seconds": stage_seconds}
+        record = describe(graph)
+        verdict = None
+        for protocol in self.protocols:
+            before = protocol.seconds
+            if protocol is self.equivalence:
+                verdict, fp = protocol.check(graph)
+                if verdict.status is None:
+                    protocol.add(fp, candidate_id)
+            else:
+                verdict = protocol.check(graph)
+                if protocol is self.duplicate and verdict.status is None:
+                    protocol.add(graph.hash, candidate_id)
+            stage_seconds[protocol.name] = protocol.seconds - before
+            if verdict.status is not None:
+                break
+        return {**record, "status": verdict.status, "reason": verdict.reason,
+                "equivalent_to": verdict.equivalent_to, "stage_seconds": stage_seconds}
+
+    def remember(self, record: dict) -> None:
+        """Rebuild memory from a stored record (needs "graph" JSON and "id"); cheap: no
+        training, one fingerprint for candidates that reached the equivalence protocol."""
+        text, candidate_id = record.get("graph"), record.get("id")
+        if not text or candidate_id is None:
+            return
+        try:
+            graph = Graph.from_json(text)
+        except Exception:
+            return
+        candidate_id = int(candidate_id)
+        self.duplicate.add(graph.hash, candidate_id)
+        if record.get("status") in ("invalid", "duplicate", "equivalent"):
+            return
+        try:
+            fp = fingerprint(graph)
+        except Exception:
+            return
+        self.equivalence.add(fp, candidate_id)

@@ -96,6 +96,9 @@ class Driver:
             busy = proposed < budget and self.executor.in_flight < self.executor.capacity
             for finished in self.executor.wait(timeout=0 if busy else 0.5):
                 self._finish(finished)
+            flush_if_due = getattr(self.store, "flush_if_due", None)
+            if flush_if_due is not None:
+                flush_if_due()
             if not self.executor.in_flight and proposed >= budget and self.done < budget:
                 raise RuntimeError(f"driver stalled: {budget - self.done} records held with no original")
             self.report()

@@ -138,7 +138,7 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
         if not create:
             try:
                 store = RunStore.open(run_dir, **_store_options(config))
-                records = _load_records(run_dir)
+                records = store.records()
             except RunDirError as err:
                 raise UsageError(str(err)) from None
             if len(records) >= config.budget:
@@ -178,21 +178,15 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
 
 
 def _store_options(config) -> dict:
-    return {}
-
-
-def _load_records(run_dir: str) -> list[dict]:
-    """Every recorded candidate as a dict, in id order."""
-    from search.rundir import load_run
-    return load_run(run_dir).records()
+    return {"flush_every": config.flush_every, "flush_seconds": config.flush_seconds}
 
 
 def run(args) -> int:
     flags = [dest for _, dest, _, _ in _FLAGS] + ["archs", "seed_formulas", "cost"]
     config = config_from_args(args, flags)
-    mode = check_inputs(config)
     out = config.out or config.default_out()
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UsageError(f"--out {out} exists and is not empty (use evonorm resume {out} to continue it)")
     config.out = out
+    mode = check_inputs(config)
     return execute(config, mode, out, create=True, quiet=args.quiet)

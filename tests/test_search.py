@@ -147,3 +147,93 @@ def test_config_validation():
     config = build_config({"budget": 10, "max-degree": 2}, {"budget": 20, "seed": None})
     assert config.budget == 20 and config.max_degree == 2
     assert build_config(overrides=config.to_dict()) == config
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+def _cli(argv, capsys):
+    from search.cli import main
+    rc = main(argv)
+    return rc, capsys.readouterr()
+
+
+SURROGATE = ["--evaluator", "surrogate", "--executor", "local", "--population", "8", "--tournament", "3",
+             "--quiet"]
+
+
+def test_cli_run_writes_every_design_column_and_the_front(tmp_path, capsys):
+    from search.pareto import pareto_mask_bruteforce
+    from search.rundir import load_run
+    out = tmp_path / "run"
+    rc, cap = _cli(["search", *SURROGATE, "--budget", "60", "--out", str(out), "--flush-every", "7"], capsys)
+    assert rc == 0, cap.err
+    assert cap.out.strip() == str(out)
+    run = load_run(out)
+    df = run.candidates
+    assert len(df) == 60 and df["id"].is_unique and sorted(df["id"]) == list(range(60))
+    for col in DESIGN_COLUMNS + ["acc_resnet", "acc_mobilenetv2", "acc_efficientnet", "mutation"]:
+        assert col in df.columns
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 0 and info["config"]["budget"] == 60 and "torch" in info["versions"]
+    assert info["archs"] == ["resnet", "mobilenetv2", "efficientnet"] and info["started_at"]
+    # front.parquet == a brute-force Pareto front of the ok records
+    import pandas as pd
+    front = pd.read_parquet(out / "front.parquet")
+    ok = df[df["status"] == "ok"]
+    cols = ["acc_resnet", "acc_mobilenetv2", "acc_efficientnet"]
+    mask = pareto_mask_bruteforce(ok[cols].astype(float).to_numpy(), ["max"] * 3)
+    assert sorted(front["id"]) == sorted(ok["id"][mask])
+    assert len(front) >= 1
+
+
+def test_cli_cost_objective_in_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, cap = _cli(["search", *SURROGATE, "--budget", "40", "--out", str(out), "--cost"], capsys)
+    assert rc == 0, cap.err
+    info = json.loads((out / "run.json").read_text())
+    assert {"column": "params_per_channel", "goal": "min"} in info["objectives"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "nope"], "unknown mode"),
+    (["--budget", "0"], "budget"),
+    (["--archs", "vgg"], "unknown arch"),
+    (["--dataset", "mnist"], "unknown dataset"),
+    (["--population", "4", "--tournament", "8"], "tournament"),
+    (["--mode", "sample", "--seed-formula", "relu((x - batch_mean(x)) / batch_std(x))"], "batch statistics"),
+    (["--seed-formula", "x +"], "bad seed formula"),
+    (["--budget", "ten"], "invalid int"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    rc, cap = _cli(["search", "--evaluator", "surrogate", "--out", str(out), *argv], capsys)
+    assert rc == 2
+    assert message in cap.err and cap.err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cli_bad_config_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('budget = "many"\n')
+    rc, cap = _cli(["search", "--config", str(cfg), "--out", str(out)], capsys)
+    assert rc == 2 and "budget must be an integer" in cap.err and not out.exists()
+    cfg.write_text('budget = 5\nmode = "sample"\nevaluator = "surrogate"\nexecutor = "local"\n'
+                   'population = 4\ntournament = 2\n')
+    rc, cap = _cli(["search", "--config", str(cfg), "--out", str(out), "--budget", "12", "--quiet"], capsys)
+    assert rc == 0, cap.err
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["budget"] == 12 and info["config"]["mode"] == "sample"
+
+
+def test_cli_refuses_non_empty_out_and_missing_resume_dir(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    rc, cap = _cli(["search", *SURROGATE, "--out", str(out)], capsys)
+    assert rc == 2 and "not empty" in cap.err and cap.err.count("\n") == 1
+    assert os.listdir(out) == ["keep.txt"]
+    rc, cap = _cli(["resume", str(tmp_path / "missing")], capsys)
+    assert rc == 2 and "does not exist" in cap.err and not (tmp_path / "missing").exists()
+    rc, cap = _cli(["resume", str(out)], capsys)
+    assert rc == 2 and cap.err.count("\n") == 1

@@ -172,6 +172,8 @@ def _hv(pts: np.ndarray, ref: np.ndarray) -> float:
         return float(ref[0] - pts[:, 0].min())
     if d == 2:
         return _hv2(pts, ref)
+    if d == 3:
+        return _hv3(pts, ref)
     order = np.argsort(pts[:, -1], kind="stable")
     pts = pts[order]
     z = pts[:, -1]
@@ -186,6 +188,36 @@ def _hv(pts: np.ndarray, ref: np.ndarray) -> float:
             slab = slab[pareto_mask(slab, ("min",) * (d - 1))]
         total += _hv(slab, ref[:-1]) * height
     return total
+
+
+def _hv3(pts: np.ndarray, ref: np.ndarray) -> float:
+    # Sweep along z, keeping the 2-D staircase of (x, y) seen so far and its area.
+    order = np.argsort(pts[:, 2], kind="stable")
+    xs_all, ys_all, zs = pts[order, 0].tolist(), pts[order, 1].tolist(), pts[order, 2].tolist()
+    rx, ry, rz = float(ref[0]), float(ref[1]), float(ref[2])
+    sx: list[float] = []
+    sy: list[float] = []
+    area = 0.0
+    volume = 0.0
+    n = len(zs)
+    for i in range(n):
+        x, y = xs_all[i], ys_all[i]
+        j = bisect.bisect_right(sx, x) - 1
+        if not (j >= 0 and sy[j] <= y):
+            pos = bisect.bisect_left(sx, x)
+            cur_x, cur_h = x, (sy[pos - 1] if pos > 0 else ry)
+            end = pos
+            while end < len(sx) and sy[end] >= y:
+                area += (sx[end] - cur_x) * (cur_h - y)
+                cur_x, cur_h = sx[end], sy[end]
+                end += 1
+            nxt = sx[end] if end < len(sx) else rx
+            area += (nxt - cur_x) * (cur_h - y)
+            sx[pos:end] = [x]
+            sy[pos:end] = [y]
+        top = zs[i + 1] if i + 1 < n else rz
+        volume += area * (top - zs[i])
+    return volume
 
 
 def _hv2(pts: np.ndarray, ref: np.ndarray) -> float:

@@ -102,16 +102,31 @@ def test_hypervolume_monte_carlo(d):
     assert hv == pytest.approx(dominated.mean(), abs=0.01)
 
 
-def test_hypervolume_slicing_agrees_with_inclusion_exclusion():
-    rng = np.random.default_rng(7)
-    pts = rng.random((6, 4))
-    ref = np.zeros(4)
-    exact = 0.0
+@pytest.mark.parametrize("d", [2, 3, 4])
+@pytest.mark.parametrize("seed", range(4))
+def test_hypervolume_agrees_with_inclusion_exclusion(d, seed):
     from itertools import combinations
-    for k in range(1, 7):
-        for sub in combinations(range(6), k):
+
+    rng = np.random.default_rng(seed)
+    n = 7
+    pts = rng.integers(1, 5, size=(n, d)).astype(float) / 4  # ties and duplicates
+    ref = np.zeros(d)
+    exact = 0.0
+    for k in range(1, n + 1):
+        for sub in combinations(range(n), k):
             exact += (-1) ** (k + 1) * np.prod(pts[list(sub)].min(axis=0) - ref)
-    assert hypervolume(pts, ["max"] * 4, ref) == pytest.approx(exact)
+    assert hypervolume(pts, ["max"] * d, ref) == pytest.approx(exact)
+    # the same in minimisation form
+    assert hypervolume(1 - pts, ["min"] * d, np.ones(d)) == pytest.approx(exact)
+
+
+def test_hypervolume_fast_enough_for_a_few_hundred_points():
+    rng = np.random.default_rng(0)
+    pts = rng.random((300, 4))
+    pts[:, 3] = 2.0 - pts[:, :3].sum(axis=1)  # all mutually non-dominated
+    start = time.perf_counter()
+    hypervolume(pts, ["min"] * 4, [2, 2, 2, 3])
+    assert time.perf_counter() - start < 3.0
 
 
 def test_front_table_filters_status_and_nulls():

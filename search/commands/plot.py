@@ -1,0 +1,211 @@
+"""`evonorm plot DIR -o FILE.png`: the fronts, progress and rejection funnel of a run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.cli import UsageError
+
+STATUS_COLORS = {"ok": "#2a9d3f", "invalid": "#9e9e9e", "duplicate": "#b0b7c3", "equivalent": "#8fa3bf",
+                 "unstable": "#e07b39", "low_quality": "#d4a017", "failed": "#c0392b"}
+BASELINE_MARKERS = ["*", "D", "P", "X", "^", "v", "s", "h"]
+BASELINE_COLORS = ["gold", "#17becf", "#e377c2", "#bcbd22", "#ff9896", "#98df8a", "#c5b0d5", "#f7b6d2"]
+PROXY_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
+
+
+def add_arguments(parser):
+    parser.add_argument("run_dir", metavar="DIR", help="a run directory")
+    parser.add_argument("-o", "--output", metavar="FILE", required=True,
+                        help="image file to write (.png, .pdf or .svg)")
+    parser.add_argument("--dpi", type=int, default=120)
+
+
+def _label(col: str) -> str:
+    if col.startswith("acc_"):
+        return f"{col[4:]} accuracy"
+    return {"params_per_channel": "parameters per channel"}.get(col, col)
+
+
+def reference_point(values, objectives):
+    """0 for maximised accuracies; for a minimised cost, 10% beyond the worst value seen."""
+    import numpy as np
+
+    ref = []
+    for j, (col, goal) in enumerate(objectives):
+        if goal == "max":
+            ref.append(min(0.0, float(np.nanmin(values[:, j]))) if len(values) else 0.0)
+        else:
+            worst = float(np.nanmax(values[:, j])) if len(values) else 1.0
+            ref.append(worst * 1.1 + 1.0)
+    return ref
+
+
+def progress(run, checkpoints: int = 150):
+    """(x, best accuracy per proxy, hypervolume) at up to `checkpoints` record counts."""
+    import numpy as np
+
+    from search.pareto import hypervolume, pareto_mask
+
+    df = run.candidates
+    objs = run.objectives
+    goals = [g for _, g in objs]
+    n = len(df)
+    ok = (df["status"] == "ok").to_numpy(dtype=bool)
+    vals = df[[c for c, _ in objs]].astype("float64").to_numpy(na_value=np.nan)
+    usable = ok & ~np.isnan(vals).any(axis=1)
+    ref = reference_point(vals[usable], objs)
+    accs = {a: df[a].astype("float64").to_numpy(na_value=np.nan) for a in run.acc_columns}
+    best = {a: np.fmax.accumulate(np.where(ok, v, np.nan)) for a, v in accs.items()}
+    xs = np.unique(np.linspace(1, n, min(n, checkpoints)).round().astype(int)) if n else np.array([], int)
+    hv = []
+    front = np.empty((0, len(objs)))
+    start, last = 0, 0.0
+    for x in xs:
+        block = vals[start:x][usable[start:x]]
+        if len(block):
+            pts = np.vstack([front, block])
+            front = pts[pareto_mask(pts, goals)]
+            last = hypervolume(front, goals, ref)
+        start = x
+        hv.append(last)
+    return xs, {a: b[xs - 1] if len(xs) else b for a, b in best.items()}, np.array(hv), ref
+
+
+def draw(run, output: Path, dpi: int = 120) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import itertools
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from search.pareto import pareto_mask
+    from search.rundir import STATUSES
+
+    df = run.candidates
+    accs = run.acc_columns
+    ok = df[df["status"] == "ok"]
+    pairs = list(itertools.combinations(accs, 2)) or [(accs[0], "params_per_channel")]
+    n_panels = len(pairs) + 3
+    ncols = 2 if n_panels <= 4 else 3
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 5.0 * nrows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[n_panels:]:
+        ax.axis("off")
+    front_ids = set(run.front()["id"].tolist())
+    baselines = run.info.get("baselines") if isinstance(run.info.get("baselines"), dict) else {}
+
+    # -- one front per pair of objectives ----------------------------------------------------------
+    for ax, (cx, cy) in zip(axes, pairs):
+        goals = ["max" if c.startswith("acc_") else "min" for c in (cx, cy)]
+        sub = ok[[cx, cy, "id"]].astype({cx: "float64", cy: "float64"}).dropna()
+        pts = sub[[cx, cy]].to_numpy()
+        if len(pts):
+            mask = pareto_mask(pts, goals)
+            on_run_front = sub["id"].isin(front_ids).to_numpy()
+            ax.scatter(pts[~mask, 0], pts[~mask, 1], s=14, c="#9aa5b1", alpha=0.55, linewidths=0,
+                       label=f"accepted candidates ({len(pts)})")
+            fp = pts[mask]
+            order = np.argsort(fp[:, 0])
+            fp = fp[order]
+            ax.step(fp[:, 0], fp[:, 1], where="post" if goals[1] == "max" else "pre",
+                    color="#d62728", lw=1.5, alpha=0.8)
+            ax.scatter(fp[:, 0], fp[:, 1], s=46, c="#d62728", edgecolors="black", linewidths=0.6, zorder=3,
+                       label=f"front of this pair ({len(fp)})")
+            extra = on_run_front & ~mask
+            if extra.any():
+                ax.scatter(pts[extra, 0], pts[extra, 1], s=30, facecolors="none", edgecolors="#ff7f0e",
+                           linewidths=1.2, zorder=3, label="on the full front (all objectives)")
+            if len(fp) <= 12:
+                ids = sub["id"].to_numpy()[mask][order]
+                for (x, y), i in zip(fp, ids):
+                    ax.annotate(f"#{int(i)}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8,
+                                color="#7a1010")
+        else:
+            ax.text(0.5, 0.5, "no accepted candidates yet", ha="center", va="center", transform=ax.transAxes)
+        for (name, scores), marker, color in zip(baselines.items(), itertools.cycle(BASELINE_MARKERS),
+                                                 itertools.cycle(BASELINE_COLORS)):
+            if not isinstance(scores, dict) or scores.get(cx) is None or scores.get(cy) is None:
+                continue
+            ax.scatter([scores[cx]], [scores[cy]], marker=marker, s=220 if marker == "*" else 110, c=color, edgecolors="black",
+                       linewidths=0.9, zorder=4, label=f"baseline {name}")
+        ax.set_xlabel(_label(cx), fontsize=11)
+        ax.set_ylabel(_label(cy), fontsize=11)
+        ax.set_title(f"Pareto front: {_label(cx)} vs {_label(cy)}", fontsize=12)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8.5, loc="lower left", framealpha=0.85)
+
+    # -- progress: best accuracy and hypervolume against candidates recorded ------------------------
+    xs, best, hv, ref = progress(run)
+    ax = axes[len(pairs)]
+    for color, a in zip(itertools.cycle(PROXY_COLORS), accs):
+        y = best[a]
+        if len(xs) and np.isfinite(y).any():
+            ax.plot(xs, y, color=color, lw=2, drawstyle="steps-post", label=f"{a[4:]} (best {np.nanmax(y):.3f})")
+    ax.set_xlabel("candidates recorded", fontsize=11)
+    ax.set_ylabel("best accuracy so far", fontsize=11)
+    ax.set_title("Best accuracy per proxy", fontsize=12)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no accepted candidates yet", ha="center", va="center", transform=ax.transAxes)
+
+    ax = axes[len(pairs) + 1]
+    if len(xs):
+        ax.plot(xs, hv, color="#6a3d9a", lw=2, drawstyle="steps-post")
+        ax.fill_between(xs, hv, step="post", color="#6a3d9a", alpha=0.15)
+    ref_text = ", ".join(f"{c[4:] if c.startswith('acc_') else c} {r:g}" for (c, _), r in zip(run.objectives, ref))
+    ax.set_xlabel("candidates recorded", fontsize=11)
+    ax.set_ylabel("hypervolume", fontsize=11)
+    ax.set_title(f"Hypervolume of the front over {len(run.objectives)} objectives", fontsize=12)
+    ax.text(0.98, 0.04, f"reference: {ref_text}", ha="right", va="bottom", transform=ax.transAxes, fontsize=8.5,
+            color="#444444", bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
+    ax.grid(alpha=0.3)
+
+    # -- rejection funnel ------------------------------------------------------------------------------
+    ax = axes[len(pairs) + 2]
+    counts = df["status"].value_counts()
+    statuses = list(STATUSES) + sorted(set(counts.index) - set(STATUSES))
+    values = [int(counts.get(s, 0)) for s in statuses]
+    ypos = np.arange(len(statuses))[::-1]
+    ax.barh(ypos, values, color=[STATUS_COLORS.get(s, "#777777") for s in statuses], edgecolor="black",
+            linewidth=0.5)
+    ax.set_yticks(ypos, [s.replace("_", " ") for s in statuses], fontsize=10)
+    total = max(sum(values), 1)
+    for y, v in zip(ypos, values):
+        ax.text(v, y, f" {v} ({100 * v / total:.0f}%)", va="center", fontsize=9)
+    ax.set_xlim(0, max(values + [1]) * 1.3)
+    ax.set_xlabel("candidates", fontsize=11)
+    ax.set_title(f"Outcome of {len(df)} candidates", fontsize=12)
+    ax.grid(axis="x", alpha=0.3)
+
+    fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
+                 f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(output, dpi=dpi)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from search.commands.front import load
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"{output}: the output must end in .png, .pdf or .svg")
+    if not output.parent.is_dir():
+        raise UsageError(f"{output.parent}: no such directory for the output")
+    if args.dpi < 20 or args.dpi > 1200:
+        raise UsageError("--dpi must be between 20 and 1200")
+    run = load(args.run_dir)
+    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
+    try:
+        draw(run, tmp, dpi=args.dpi)
+        tmp.replace(output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"wrote {output}")
+    return 0

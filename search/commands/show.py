@@ -1,0 +1,115 @@
+"""`evonorm show DIR ID`: one candidate: formula, status, scores, timings and its lineage."""
+from __future__ import annotations
+
+import json
+
+from search.cli import UsageError
+
+
+def add_arguments(parser):
+    parser.add_argument("run_dir", metavar="DIR", help="a run directory")
+    parser.add_argument("id", metavar="ID", type=int, help="candidate id")
+
+
+def _present(v) -> bool:
+    import pandas as pd
+
+    return v is not None and (isinstance(v, str) or not pd.isna(v))
+
+
+def _scores(rec: dict, accs) -> str:
+    parts = [f"{a[4:]} {float(rec[a]):.4f}" for a in accs if _present(rec.get(a))]
+    return ", ".join(parts) if parts else "not trained"
+
+
+def _seconds(v) -> str:
+    v = float(v)
+    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def describe(run, cid: int) -> list[str]:
+    rec = run.candidate(cid)
+    if rec is None:
+        raise UsageError(f"no candidate {cid} in {run.dir} "
+                         f"({len(run.candidates)} recorded, ids {_id_range(run)})")
+    accs = run.acc_columns
+    front_ids = set(run.front()["id"].tolist())
+    lines = [f"candidate {cid}" + ("  (on the Pareto front)" if cid in front_ids else ""),
+             f"  formula        {rec.get('formula') or '-'}",
+             f"  status         {rec['status']}" + (f": {rec['reason']}" if _present(rec.get("reason")) else "")]
+    if _present(rec.get("equivalent_to")):
+        other = run.candidate(int(rec["equivalent_to"]))
+        lines.append(f"  equivalent to  {int(rec['equivalent_to'])}"
+                     + (f"  {other.get('formula')}" if other else "  (not recorded)"))
+    if _present(rec.get("parent_id")):
+        mutation = rec.get("mutation") if _present(rec.get("mutation")) else "?"
+        lines.append(f"  parent         {int(rec['parent_id'])} (by {mutation})")
+    else:
+        lines.append("  parent         none (initial population"
+                     + (f", {rec['mutation']})" if _present(rec.get("mutation")) else ")"))
+    trained = [a for a in accs if _present(rec.get(a))]
+    lines.append("  scores" + ("" if trained else "         not trained"))
+    for a in trained:
+        lines.append(f"    {a:<20s} {float(rec[a]):.4f}")
+    lines.append(f"  params/channel {rec['params_per_channel'] if _present(rec.get('params_per_channel')) else '-'}")
+    if _present(rec.get("uses_batch_stats")):
+        lines.append(f"  batch stats    {'yes' if rec['uses_batch_stats'] else 'no'}")
+    lines.append(f"  poly degree    {rec['poly_degree'] if _present(rec.get('poly_degree')) else 'not a polynomial'}")
+    if _present(rec.get("graph_hash")):
+        lines.append(f"  graph hash     {rec['graph_hash']}")
+    timing = _seconds(rec["seconds"]) if _present(rec.get("seconds")) else "-"
+    lines.append(f"  time           {timing}" + (f" on {rec['worker']}" if _present(rec.get("worker")) else ""))
+    stages = {}
+    if _present(rec.get("stage_seconds")):
+        try:
+            stages = json.loads(rec["stage_seconds"]) or {}
+        except (ValueError, TypeError):
+            stages = {}
+    for name, secs in stages.items():
+        try:
+            lines.append(f"    {name:<20s} {_seconds(secs)}")
+        except (TypeError, ValueError):
+            lines.append(f"    {name:<20s} {secs}")
+    if _present(rec.get("created_at")):
+        lines.append(f"  recorded at    {rec['created_at']}")
+    lines.append("")
+    lines.extend(lineage(run, rec, accs))
+    return lines
+
+
+def lineage(run, rec: dict, accs) -> list[str]:
+    """The chain of parents back to the initial population, child first."""
+    chain = [rec]
+    seen = {int(rec["id"])}
+    missing = None
+    while _present(chain[-1].get("parent_id")):
+        pid = int(chain[-1]["parent_id"])
+        if pid in seen:
+            missing = f"cycle at {pid}"
+            break
+        parent = run.candidate(pid)
+        if parent is None:
+            missing = f"parent {pid} not recorded"
+            break
+        seen.add(pid)
+        chain.append(parent)
+    lines = [f"lineage ({len(chain) - 1} generation{'s' if len(chain) != 2 else ''} back to the initial population)"
+             if missing is None else f"lineage ({missing})"]
+    for depth, r in enumerate(chain):
+        mutation = r.get("mutation") if _present(r.get("mutation")) else (
+            "initial" if not _present(r.get("parent_id")) else "?")
+        lines.append(f"  #{int(r['id']):<6d} {mutation:<12s} {_scores(r, accs)}")
+        lines.append(f"  {'':7s} {'':12s} {r.get('formula') or '-'}")
+    return lines
+
+
+def _id_range(run) -> str:
+    ids = run.candidates["id"]
+    return "none" if ids.empty else f"{int(ids.min())}..{int(ids.max())}"
+
+
+def run(args) -> int:
+    from search.commands.front import load
+
+    print("\n".join(describe(load(args.run_dir), args.id)))
+    return 0

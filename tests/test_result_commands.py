@@ -1,0 +1,218 @@
+"""`evonorm front | show | plot | to-optuna` on small synthetic run directories."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_run
+from search.cli import main
+from search.pareto import pareto_mask_bruteforce
+from search.rundir import load_run
+from search.store import RunStore
+
+
+def brute_front_ids(path) -> list[int]:
+    run = load_run(path)
+    df = run.candidates
+    cols = [c for c, _ in run.objectives]
+    ok = df[(df["status"] == "ok")].dropna(subset=cols)
+    mask = pareto_mask_bruteforce(ok[cols].astype(float).to_numpy(), [g for _, g in run.objectives])
+    return sorted(ok["id"][mask].astype(int).tolist())
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cost_run(run_factory):
+    return run_factory(n=80, archs=("resnet", "mobilenetv2", "efficientnet"), cost=True, seed=2)
+
+
+@pytest.fixture(params=["missing_dir", "missing_json", "bad_json", "garbage_part"])
+def broken_run(request, run_factory, tmp_path):
+    kind = request.param
+    if kind == "missing_dir":
+        return tmp_path / "does-not-exist"
+    path = run_factory(n=15)
+    if kind == "missing_json":
+        (path / "run.json").unlink()
+    elif kind == "bad_json":
+        (path / "run.json").write_text('{"archs": ["resnet"')
+    else:
+        (path / "candidates" / "part-000042.parquet").write_bytes(b"\x00garbage" * 20)
+    return path
+
+
+# -- front ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["small_run", "cost_run"])
+def test_front_csv_equals_bruteforce_sorted_by_mean_accuracy(request, capsys, fixture):
+    path = request.getfixturevalue(fixture)
+    code, out, err = cli(capsys, "front", path, "--format", "csv")
+    assert code == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert sorted(df["id"].tolist()) == brute_front_ids(path)
+    accs = [c for c in df.columns if c.startswith("acc_")]
+    assert list(df.columns) == ["id", "formula", *accs, "params_per_channel", "uses_batch_stats", "poly_degree"]
+    means = df[accs].mean(axis=1).to_numpy()
+    assert (np.diff(means) <= 1e-12).all()
+
+
+def test_front_formats(capsys, small_run):
+    ids = brute_front_ids(small_run)
+    code, out, _ = cli(capsys, "front", small_run, "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert sorted(r["id"] for r in rows) == ids
+    assert all(isinstance(r["formula"], str) and isinstance(r["uses_batch_stats"], bool) for r in rows)
+    code, out, _ = cli(capsys, "front", small_run, "--format", "markdown")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].startswith("| id | formula | acc_resnet") and len(lines) == 2 + len(ids)
+    code, out, _ = cli(capsys, "front", small_run)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 2 + len(ids)
+    assert "acc_resnet" in lines[0] and "formula" in lines[0]
+    assert any("batch_std(x)" in line for line in lines[2:])
+    code, _, err = cli(capsys, "front", small_run, "--format", "xml")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_front_of_a_run_without_records(capsys, tmp_path):
+    RunStore.create(tmp_path / "fresh", {"archs": ["resnet"]}).close()
+    code, out, err = cli(capsys, "front", tmp_path / "fresh")
+    assert code == 0 and out == "" and "no accepted candidates" in err
+    code, out, _ = cli(capsys, "front", tmp_path / "fresh", "--format", "json")
+    assert code == 0 and json.loads(out) == []
+
+
+# -- show ----------------------------------------------------------------------------------------
+
+
+def test_show_candidate_and_lineage(capsys, small_run):
+    run = load_run(small_run)
+    df = run.candidates
+    child = df[df["parent_id"].notna()].iloc[-1]
+    code, out, err = cli(capsys, "show", small_run, int(child["id"]))
+    assert code == 0, err
+    assert child["formula"] in out and f"status         {child['status']}" in out
+    assert "lineage" in out and "initial" in out
+    # every ancestor back to a record with no parent is listed, with its mutation
+    cid, chain = int(child["id"]), []
+    while True:
+        rec = run.candidate(cid)
+        chain.append(rec)
+        if rec["parent_id"] is None:
+            break
+        cid = int(rec["parent_id"])
+    lineage = out[out.index("lineage"):]
+    for rec in chain:
+        assert f"#{rec['id']}" in lineage
+        assert (rec["mutation"] or "initial") in lineage
+    assert f"{len(chain) - 1} generation" in lineage
+    ok = df[df["status"] == "ok"].iloc[0]
+    code, out, _ = cli(capsys, "show", small_run, int(ok["id"]))
+    assert code == 0 and f"{float(ok['acc_resnet']):.4f}" in out and "train" in out
+
+
+def test_show_rejected_and_equivalent(capsys, small_run):
+    df = load_run(small_run).candidates
+    eq = df[df["equivalent_to"].notna()].iloc[0]
+    code, out, _ = cli(capsys, "show", small_run, int(eq["id"]))
+    assert code == 0 and f"equivalent to  {int(eq['equivalent_to'])}" in out and eq["reason"] in out
+
+
+def test_show_unknown_id_is_exit_2(capsys, small_run):
+    code, out, err = cli(capsys, "show", small_run, 10_000)
+    assert code == 2 and out == "" and "no candidate 10000" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, "show", small_run, "seven")
+    assert code == 2 and err.count("\n") == 1
+
+
+# -- plot ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["small_run", "cost_run"])
+def test_plot_writes_png(request, capsys, tmp_path, fixture):
+    path = request.getfixturevalue(fixture)
+    out_png = tmp_path / "front.png"
+    code, out, err = cli(capsys, "plot", path, "-o", out_png)
+    assert code == 0, err
+    data = out_png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_plot_single_proxy_and_empty_run(capsys, tmp_path, run_factory):
+    one = run_factory(n=20, archs=("resnet",))
+    assert cli(capsys, "plot", one, "-o", tmp_path / "one.png")[0] == 0
+    RunStore.create(tmp_path / "fresh", {"archs": ["resnet", "mobilenetv2"]}).close()
+    assert cli(capsys, "plot", tmp_path / "fresh", "-o", tmp_path / "fresh.png")[0] == 0
+    assert (tmp_path / "fresh.png").stat().st_size > 0
+
+
+def test_plot_bad_output(capsys, tmp_path, small_run):
+    code, _, err = cli(capsys, "plot", small_run, "-o", tmp_path / "front.txt")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "front.txt").exists()
+    code, _, err = cli(capsys, "plot", small_run, "-o", tmp_path / "no" / "front.png")
+    assert code == 2 and err.count("\n") == 1
+
+
+# -- to-optuna -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["small_run", "cost_run"])
+def test_to_optuna_best_trials_equal_front(request, capsys, tmp_path, fixture):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = request.getfixturevalue(fixture)
+    storage_file = tmp_path / "study.log"
+    code, out, err = cli(capsys, "to-optuna", path, "--storage", storage_file)
+    assert code == 0, err
+    code, out, _ = cli(capsys, "front", path, "--format", "json")
+    front_ids = sorted(r["id"] for r in json.loads(out))
+    storage = JournalStorage(JournalFileBackend(str(storage_file)))
+    study = optuna.load_study(study_name=path.name, storage=storage)
+    run = load_run(path)
+    assert len(study.trials) == int((run.candidates["status"] == "ok").sum())
+    assert sorted(t.user_attrs["id"] for t in study.best_trials) == front_ids
+    assert sorted(t.params["id"] for t in study.best_trials) == front_ids
+    t = study.best_trials[0]
+    rec = run.candidate(t.user_attrs["id"])
+    assert t.user_attrs["formula"] == rec["formula"] and t.user_attrs["graph_hash"] == rec["graph_hash"]
+    expected_dirs = [optuna.study.StudyDirection.MAXIMIZE if g == "max" else optuna.study.StudyDirection.MINIMIZE
+                     for _, g in run.objectives]
+    assert study.directions == expected_dirs
+    # the same name again is refused; another name goes into the same file
+    code, _, err = cli(capsys, "to-optuna", path, "--storage", storage_file)
+    assert code == 2 and "already holds" in err
+    assert cli(capsys, "to-optuna", path, "--storage", storage_file, "--study-name", "again")[0] == 0
+
+
+def test_to_optuna_bad_storage(capsys, tmp_path, small_run):
+    bad = tmp_path / "not-a-journal.log"
+    bad.write_text("hello\n")
+    code, _, err = cli(capsys, "to-optuna", small_run, "--storage", bad)
+    assert code == 2 and err.count("\n") == 1 and bad.read_text() == "hello\n"
+
+
+# -- broken run directories: one line on stderr, exit 2, for every command -------------------------
+
+
+@pytest.mark.parametrize("command", ["front", "show", "plot", "to-optuna"])
+def test_broken_run_dir_is_exit_2(capsys, tmp_path, broken_run, command):
+    extra = {"show": ["0"], "plot": ["-o", str(tmp_path / "p.png")],
+             "to-optuna": ["--storage", str(tmp_path / "s.log")]}.get(command, [])
+    code, out, err = cli(capsys, command, broken_run, *extra)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("evonorm: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "s.log").exists()

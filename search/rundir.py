@@ -129,17 +129,26 @@ def read_parts(run_dir, archs):
     import pyarrow.parquet as pq
 
     schema = candidate_schema(archs)
-    tables = []
-    for _, path in part_files(Path(run_dir) / CANDIDATES):
+    paths = [path for _, path in part_files(Path(run_dir) / CANDIDATES)]
+
+    def read(path):
         try:
-            table = pq.read_table(path)
+            with open(path, "rb") as f:
+                table = pq.ParquetFile(f).read(use_threads=False)
         except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
             raise RunDirError(f"{path}: unreadable part file: {_one_line(err)}") from None
         try:
-            table = _conform(table, schema)
+            return _conform(table, schema)
         except (ValueError, TypeError, pa.ArrowException) as err:
             raise RunDirError(f"{path}: unexpected columns: {_one_line(err)}") from None
-        tables.append(table)
+
+    if len(paths) > 8:  # many small parts: per-file overhead dominates, read a few at a time
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+            tables = list(pool.map(read, paths))
+    else:
+        tables = [read(path) for path in paths]
     if not tables:
         return schema.empty_table()
     table = pa.concat_tables(tables)

@@ -87,7 +87,7 @@ class RunStore:
         self._buffer: list[dict] = []
         self._last_flush = time.monotonic()
         self._history = _history if _history is not None else self.schema.empty_table()
-        self._written_rows: list[dict] = []   # rows flushed by this writer (records() combines)
+        self._written: list = []              # tables flushed by this writer (records() combines)
         self.ids: set[int] = set()
         self.next_id = 0
         self.count = 0
@@ -183,7 +183,7 @@ class RunStore:
         _write_atomic(path, lambda f: pq.write_table(table, f))  # on failure rows stay buffered
         self._buffer = []
         self._seq += 1
-        self._written_rows.extend(rows)
+        self._written.append(table)
         if self._update_front(rows):
             self._write_front()
 
@@ -207,10 +207,9 @@ class RunStore:
         """Every record so far (flushed and buffered) as a pyarrow Table, id order."""
         import pyarrow as pa
 
-        new = self._written_rows + self._buffer
-        tables = [self._history]
-        if new:
-            tables.append(pa.Table.from_pylist(new, schema=self.schema))
+        tables = [self._history, *self._written]
+        if self._buffer:
+            tables.append(pa.Table.from_pylist(self._buffer, schema=self.schema))
         table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
         return table.sort_by("id") if table.num_rows > 1 else table
 

@@ -79,8 +79,10 @@ class RayExecutor(Executor):
         self.spec = {**spec, "gpu": gpus_per_worker > 0, "threads": 1}
         self.capacity = workers
         self.max_retries = max_retries
+        # max_concurrency=2: pid() answers while train() runs (one train per actor at a time:
+        # the executor only dispatches to idle slots)
         self._actor_cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=0,
-                                     max_task_retries=0)(_Worker)
+                                     max_task_retries=0, max_concurrency=2)(_Worker)
         self._actors = [self._actor_cls.remote(self.spec) for _ in range(workers)]
         self._idle = deque(range(workers))
         self._queue: deque = deque()          # (candidate_id, graph_json) waiting for a worker
@@ -161,6 +163,10 @@ class RayExecutor(Executor):
     def worker_pids(self, timeout: float = 60.0) -> list[int]:
         """The process id of each worker actor (fault tests kill one by pid)."""
         return self._ray.get([a.pid.remote() for a in self._actors], timeout=timeout)
+
+    def running(self) -> dict[int, int]:
+        """candidate id -> worker slot (an index into worker_pids()) of what is training now."""
+        return {cid: slot for slot, cid, _ in self._running.values()}
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until every worker has built its evaluator."""

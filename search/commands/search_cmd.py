@@ -120,7 +120,9 @@ def make_executor(config):
         return RayExecutor(spec, workers=config.workers, gpus_per_worker=config.gpus_per_worker,
                            address=config.address, max_retries=config.max_retries)
     except ConnectionError as err:
-        raise UsageError(f"cannot connect to Ray at {config.address}: {err}") from None
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)")
+        raise UsageError(f"cannot connect to Ray at {config.address}: {err}{hint}") from None
     except ValueError as err:
         raise UsageError(str(err)) from None
 

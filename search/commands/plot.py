@@ -129,7 +129,7 @@ def draw(run, output: Path, dpi: int = 120) -> None:
             if not isinstance(scores, dict) or scores.get(cx) is None or scores.get(cy) is None:
                 continue
             ax.scatter([scores[cx]], [scores[cy]], marker=marker, s=220 if marker == "*" else 110, c=color, edgecolors="black",
-                       linewidths=0.9, zorder=4, label=f"baseline {name}")
+                       linewidths=0.9, zorder=4, alpha=0.85, label=f"baseline {name}")
         ax.set_xlabel(_label(cx), fontsize=11)
         ax.set_ylabel(_label(cy), fontsize=11)
         ax.set_title(f"Pareto front: {_label(cx)} vs {_label(cy)}", fontsize=12)

@@ -1,0 +1,134 @@
+"""`evonorm eval FORMULA`: train one layer next to the baselines and print how it scores.
+
+The layer and BN-ReLU, GN-ReLU, EvoNorm-B0 and EvoNorm-S0 train on every
+chosen proxy with the same seed and budget. The table gives validation
+accuracy per proxy, the training time per layer, and the verdict the search
+would give: protocols 1-4 (validity, duplicate, equivalence, stability), then
+protocol 5 judged on the first proxy's training. Rejected layers are still
+trained (so you can see why), except invalid ones, which cannot run.
+"""
+from __future__ import annotations
+
+import sys
+
+from search.cli import UsageError
+
+
+def add_arguments(parser):
+    parser.add_argument("formula", help='a layer formula in x, e.g. "x * sigmoid(v1 * x) / group_std(x) * gamma + beta"')
+    parser.add_argument("--arch", action="append", metavar="NAME",
+                        help="proxy architecture (repeatable; default: all of resnet, mobilenetv2, efficientnet)")
+    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per proxy (default: the trainer's)")
+    parser.add_argument("--data-root", default=None, help="directory holding the dataset files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--no-baselines", action="store_true", help="train only the given layer")
+
+
+def run(args) -> int:
+    from primitives import FormulaError, parse
+
+    try:
+        graph = parse(args.formula)
+    except FormulaError as err:
+        raise UsageError(f"bad formula: {err}") from None
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be positive, got {args.steps}")
+
+    from evaluators.datasets import DATASET_NAMES, DatasetError, load_dataset
+    from evaluators.evaluate import EvalConfig, Evaluator, Screen, resolve_device
+    from evaluators.proxies import PROXY_NAMES
+    from primitives.library import BASELINES, REFERENCE_LAYERS
+
+    archs = tuple(dict.fromkeys(args.arch)) if args.arch else PROXY_NAMES
+    for arch in archs:
+        if arch not in PROXY_NAMES:
+            raise UsageError(f"unknown arch {arch!r} (expected one of: {', '.join(PROXY_NAMES)})")
+    if args.dataset not in DATASET_NAMES:
+        raise UsageError(f"unknown dataset {args.dataset!r} (expected one of: {', '.join(DATASET_NAMES)})")
+    settings = dict(dataset=args.dataset, data_root=args.data_root, archs=archs, seed=args.seed,
+                    device=args.device)
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    try:
+        config = EvalConfig(**settings)
+        # protocol 5 is judged on the first proxy's full training: no extra short run
+        config.quality_steps = config.steps
+        device = resolve_device(config.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+    try:
+        dataset = load_dataset(config.dataset, device, config.data_root)
+    except DatasetError as err:
+        raise UsageError(str(err)) from None
+    except RuntimeError as err:  # e.g. a device that does not exist
+        raise UsageError(f"cannot load {config.dataset} on {device}: {str(err).splitlines()[0]}") from None
+
+    layers = [("candidate", graph)]
+    if not args.no_baselines:
+        layers += [(name, parse(REFERENCE_LAYERS[name])) for name in BASELINES]
+    evaluator = Evaluator(config, dataset=dataset)
+
+    from tqdm import tqdm
+
+    rows = []
+    bar = tqdm(total=len(layers) * len(archs) * config.steps, file=sys.stderr, unit="step",
+               dynamic_ncols=True, desc="eval")
+    last = [0]
+
+    def on_step(step, steps):
+        if step == 1:  # a new training
+            last[0] = 0
+        bar.update(step - last[0])
+        last[0] = step
+    try:
+        for name, layer in layers:
+            screened = Screen(config).check(layer, 0)
+            bar.set_postfix_str(name)
+            done = bar.n + len(archs) * config.steps
+            if screened["status"] == "invalid":
+                trained = {f"acc_{a}": None for a in archs} | {"status": None, "reason": None, "seconds": 0.0}
+            else:
+                trained = evaluator.train(layer.to_json(), stop_on_low_quality=False,
+                                          progress=on_step)
+            bar.update(done - bar.n)  # a failed run skips the rest of its proxies
+            rows.append((name, layer, screened, trained))
+    finally:
+        bar.close()
+    _print_table(rows, archs, config, dataset)
+    return 0
+
+
+def _verdict(screened: dict, trained: dict) -> tuple[str, str | None]:
+    if screened["status"]:
+        return screened["status"], screened["reason"]
+    if trained["status"] and trained["status"] != "ok":
+        return trained["status"], trained["reason"]
+    return "ok", None
+
+
+def _print_table(rows, archs, config, dataset) -> None:
+    name_width = max(len("layer"), *(len(name) for name, *_ in rows))
+    header = f"{'layer':<{name_width}}  " + "".join(f"{a:>14}" for a in archs) + f"{'seconds':>10}  verdict"
+    print(f"validation accuracy on {config.dataset} ({len(dataset.val_y)} images), "
+          f"{config.steps} steps per proxy, seed {config.seed}")
+    print(header)
+    print("-" * len(header))
+    notes = []
+    for name, layer, screened, trained in rows:
+        accs = "".join(f"{_pct(trained.get(f'acc_{a}')):>14}" for a in archs)
+        status, reason = _verdict(screened, trained)
+        if reason:
+            notes.append(f"  {name}: {reason}")
+        print(f"{name:<{name_width}}  {accs}{trained.get('seconds', 0.0):>10.1f}  {status}")
+    print()
+    for name, layer, *_ in rows:
+        print(f"  {name:<{name_width}}  {layer}")
+    if notes:
+        print()
+        print("\n".join(notes))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

@@ -1,0 +1,182 @@
+"""`evonorm retrain DIR --top K`: the fair, longer comparison of front layers and baselines.
+
+For each layer (the K best of the front by mean accuracy, then the baselines
+BN-ReLU, GN-ReLU, EvoNorm-B0, EvoNorm-S0) a small Optuna TPE study tunes the
+learning rate on the validation split (mean accuracy over the proxies); the
+layer is then trained with that rate for several seeds on every proxy and
+scored on the held-out test set. Rows land in DIR/retrain.parquet (written
+atomically); the table of mean and spread is printed.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from search.cli import UsageError
+
+
+def add_arguments(parser):
+    parser.add_argument("run_dir", help="a run directory")
+    parser.add_argument("--top", type=int, default=3, help="front layers to retrain (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per layer and proxy (default 3)")
+    parser.add_argument("--trials", type=int, default=5, help="Optuna trials per layer (default 5)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: twice the run's)")
+    parser.add_argument("--lr-range", type=float, nargs=2, default=(0.02, 0.5), metavar=("LOW", "HIGH"))
+    parser.add_argument("--archs", nargs="+", default=None, help="proxies (default: the run's)")
+    parser.add_argument("--dataset", default=None, help="dataset (default: the run's)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args) -> int:
+    from search.rundir import RunDirError, load_run
+
+    for name in ("top", "seeds", "trials"):
+        if getattr(args, name) < (0 if name == "top" else 1):
+            raise UsageError(f"--{name} must be {'non-negative' if name == 'top' else 'positive'}")
+    low, high = args.lr_range
+    if not 0 < low < high:
+        raise UsageError("--lr-range needs 0 < LOW < HIGH")
+    try:
+        run_ = load_run(args.run_dir)
+    except RunDirError as err:
+        raise UsageError(str(err)) from None
+    config = run_.info.get("config", {}) if isinstance(run_.info.get("config"), dict) else {}
+    archs = args.archs or run_.archs
+    dataset_name = args.dataset or config.get("dataset", "fashion-mnist")
+    steps = args.steps or 2 * int(config.get("steps") or 300)
+    if steps < 1:
+        raise UsageError("--steps must be positive")
+    layers = _layers(run_, args.top, not args.no_baselines)
+    if not layers:
+        raise UsageError(f"{args.run_dir}: nothing to retrain (empty front and --no-baselines)")
+
+    from evaluators.datasets import DatasetError, load_dataset
+    from evaluators.evaluate import resolve_device
+    from evaluators.proxies import PROXY_NAMES
+
+    unknown = [a for a in archs if a not in PROXY_NAMES]
+    if unknown:
+        raise UsageError(f"unknown arch {unknown[0]!r} (expected one of: {', '.join(PROXY_NAMES)})")
+    device = resolve_device(args.device)
+    try:
+        dataset = load_dataset(dataset_name, device, args.data_root or config.get("data_root"))
+    except DatasetError as err:
+        raise UsageError(str(err)) from None
+
+    rows = _retrain(layers, archs, dataset, device, steps, args, seed=int(run_.info.get("seed") or 0))
+    _write(run_.dir / "retrain.parquet", rows)
+    print(_table(rows, archs))
+    print(f"\nwrote {run_.dir / 'retrain.parquet'} ({len(rows)} trainings)", file=sys.stderr)
+    return 0
+
+
+def _layers(run_, top: int, baselines: bool) -> list[dict]:
+    """[{name, formula, candidate_id, source}]: the top front layers, then the baselines."""
+    from primitives import Graph, parse
+    from primitives.library import BASELINES, REFERENCE_LAYERS
+
+    layers, seen = [], set()
+    front = run_.front()
+    if len(front) and top:
+        front = front.assign(_mean=front[run_.acc_columns].mean(axis=1)).sort_values("_mean", ascending=False)
+        for _, row in front.head(top).iterrows():
+            graph = Graph.from_json(row["graph"])
+            seen.add(graph.hash)
+            layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
+                           "candidate_id": int(row["id"]), "source": "front"})
+    if baselines:
+        for name in BASELINES:
+            graph = parse(REFERENCE_LAYERS[name])
+            if graph.hash not in seen:
+                layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})
+    return layers
+
+
+def _retrain(layers, archs, dataset, device, steps, args, seed) -> list[dict]:
+    import optuna
+    from tqdm import tqdm
+
+    from evaluators.trainer import TrainConfig, build_and_train
+    from primitives import compile_layer, parse
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    total = len(layers) * len(archs) * (args.trials + args.seeds)
+    bar = tqdm(total=total, desc="retrain", unit="training", file=sys.stderr, dynamic_ncols=True)
+    rows = []
+    for layer in layers:
+        graph = parse(layer["formula"])
+
+        def factory(channels, graph=graph):
+            return compile_layer(graph, channels)
+
+        def train(arch, lr, run_seed, split):
+            bar.set_postfix_str(f"{layer['name']} {arch} lr={lr:.3g} {split}")
+            result = build_and_train(arch, factory, dataset,
+                                     TrainConfig(steps=steps, lr=lr, seed=run_seed), device, split=split)
+            bar.update()
+            return result
+
+        def objective(trial):
+            lr = trial.suggest_float("lr", *args.lr_range, log=True)
+            accs = [train(arch, lr, seed, "val").accuracy for arch in archs]
+            return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
+
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(3, args.trials))
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(objective, n_trials=args.trials)
+        lr = study.best_params["lr"]
+        for s in range(args.seeds):
+            for arch in archs:
+                start = time.perf_counter()
+                result = train(arch, lr, seed + 1 + s, "test")
+                rows.append({"layer": layer["name"], "source": layer["source"],
+                             "candidate_id": layer["candidate_id"], "formula": layer["formula"],
+                             "arch": arch, "seed": seed + 1 + s, "lr": lr, "steps": steps,
+                             "val_acc_tuned": study.best_value, "test_acc": result.accuracy,
+                             "reason": result.reason, "seconds": time.perf_counter() - start})
+    bar.close()
+    return rows
+
+
+def _write(path, rows):
+    import os
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("layer", pa.string()), ("source", pa.string()), ("candidate_id", pa.int64()),
+                        ("formula", pa.string()), ("arch", pa.string()), ("seed", pa.int64()),
+                        ("lr", pa.float64()), ("steps", pa.int64()), ("val_acc_tuned", pa.float64()),
+                        ("test_acc", pa.float64()), ("reason", pa.string()), ("seconds", pa.float64())])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".retrain.", suffix=".tmp")
+    os.close(fd)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)
+
+
+def _table(rows, archs) -> str:
+    """One line per layer: tuned lr, test accuracy mean ± std per proxy, and over all."""
+    import statistics
+
+    def cell(values):
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if not values:
+            return "failed"
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
+
+    names = list(dict.fromkeys(r["layer"] for r in rows))
+    header = ["layer", "lr"] + [f"test {a} %" for a in archs] + ["mean %", "formula"]
+    lines = []
+    for name in names:
+        mine = [r for r in rows if r["layer"] == name]
+        per_arch = [cell([r["test_acc"] for r in mine if r["arch"] == a]) for a in archs]
+        lines.append([name, f"{mine[0]['lr']:.3g}", *per_arch, cell([r["test_acc"] for r in mine]),
+                      mine[0]["formula"]])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])

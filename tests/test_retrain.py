@@ -1,0 +1,54 @@
+"""`evonorm retrain`: tuned, multi-seed test-set comparison written to retrain.parquet."""
+from datetime import datetime, timezone
+
+import pyarrow.parquet as pq
+import pytest
+
+from primitives import parse
+from primitives.library import REFERENCE_LAYERS
+from search.cli import main
+from search.store import RunStore
+
+FRONT = ["x * sigmoid(x * v1) / layer_std(x) * gamma + beta", "tanh(x - instance_mean(x)) * gamma + beta",
+         "relu(x / group_rms(x, groups=4)) * gamma"]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    path = tmp_path / "run"
+    info = {"config": {"dataset": "synthetic", "archs": ["resnet"], "steps": 10}, "seed": 0,
+            "archs": ["resnet"], "objectives": [{"column": "acc_resnet", "goal": "max"}]}
+    with RunStore.create(path, info) as store:
+        for i, formula in enumerate(FRONT + [REFERENCE_LAYERS["evonorm-s0"]]):
+            g = parse(formula)
+            store.append({"id": i, "formula": str(g), "graph": g.to_json(), "graph_hash": g.hash,
+                          "status": "ok" if i < 3 else "low_quality", "acc_resnet": [0.9, 0.8, 0.7, 0.95][i],
+                          "params_per_channel": g.params_per_channel, "uses_batch_stats": g.uses_batch_stats,
+                          "poly_degree": g.poly_degree, "seconds": 1.0, "worker": "w",
+                          "created_at": datetime.now(timezone.utc)})
+    return path
+
+
+def test_retrain_top_layers_and_baselines(run_dir, capsys):
+    # a front of ties except id 0 (best): the front is {0}; top 1 + 4 baselines
+    assert main(["retrain", str(run_dir), "--top", "1", "--seeds", "2", "--trials", "2", "--steps", "12"]) == 0
+    out = capsys.readouterr().out
+    table = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert list(dict.fromkeys(table["layer"])) == ["#0", "bn-relu", "gn-relu", "evonorm-b0", "evonorm-s0"]
+    assert len(table) == 5 * 2  # 5 layers x 2 seeds x 1 proxy
+    assert set(table["seed"]) == {1, 2} and (table["steps"] == 12).all()
+    assert table["lr"].between(0.02, 0.5).all()
+    assert table["test_acc"].between(0, 1).all()
+    for name in ("#0", "bn-relu", "evonorm-s0"):
+        assert any(line.startswith(name) for line in out.splitlines())
+    assert "±" in out
+    assert not any(p.name.startswith(".retrain") for p in run_dir.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["{missing}"], ["{run}", "--seeds", "0"], ["{run}", "--archs", "vgg"],
+                                  ["{run}", "--lr-range", "0.5", "0.1"], ["{run}", "--dataset", "imagenet"]])
+def test_bad_input_exits_2_and_writes_nothing(argv, run_dir, tmp_path, capsys):
+    argv = ["retrain"] + [a.format(run=run_dir, missing=tmp_path / "nope") for a in argv]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (run_dir / "retrain.parquet").exists()

@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("evonorm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `evonorm front DIR | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m search.cli`: run the imported module, so UsageError is one class.
+    from search.cli import main as _main
+    sys.exit(_main())

@@ -6,7 +6,8 @@
   `poly` units, means and variances), and the layer's degree must be at most
   `max_degree` (layers fit for homomorphic encryption).
 
-A mode owns the op menu that mutation and the random generator draw from, and
+Every mode asks that the output keeps the input's shape (varies over batch,
+channel and space). A mode owns the op menu that mutation and the random generator draw from, and
 `accept(graph)`, the final word on whether a graph may be proposed.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from primitives import Graph
-from primitives.ops import OPS
+from primitives.ops import FULL, OPS
 from primitives.random_graph import random_graph
 
 MODES = ("batch", "sample", "polynomial")
@@ -37,6 +38,8 @@ class Mode:
 
     def why_not(self, graph: Graph) -> str | None:
         """Why `graph` is outside this mode, or None when it is allowed."""
+        if graph.shapes[graph.output] != FULL:
+            return "does not keep the input shape (the output must vary over N, C and space)"
         inner = sum(1 for n in graph.nodes if n.spec.kind != "leaf")
         if inner > self.max_ops:
             return f"{inner} operations, more than {self.max_ops}"

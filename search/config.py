@@ -33,7 +33,7 @@ class SearchConfig:
     executor: str = "ray"                # ray | local (in-process, one candidate at a time)
     workers: int | None = None           # default: one per GPU (see gpus_per_worker), else one per CPU
     gpus_per_worker: float | None = None # default 1 when the cluster has GPUs, else 0
-    budget: int = 300                    # records in the run, rejected proposals included
+    budget: int = 120                    # records in the run, rejected proposals included (~1 h on 2 CPU cores)
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     archs: tuple[str, ...] = ARCHS
@@ -43,8 +43,8 @@ class SearchConfig:
     seed: int = 0
     mode: str = "batch"
     max_degree: int = 4                  # polynomial mode only
-    population: int = 32
-    tournament: int = 8
+    population: int = 16
+    tournament: int = 4
     seed_formulas: tuple[str, ...] = ()
     cost: bool = False                   # add params_per_channel (minimised) to the objectives
     evaluator: str = "train"             # train (real proxies) | surrogate (cheap stand-in for tests)

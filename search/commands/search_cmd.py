@@ -2,8 +2,10 @@
 
 Defaults (no flags): a real search on this machine with a local Ray instance,
 one CPU worker per core (one per GPU when there are GPUs), Fashion-MNIST, the
-three proxies, `batch` mode, population 32, tournament 8, budget 300 records
-(rejected proposals included), into results/<timestamp>-<mode>-s<seed>.
+three proxies (300 steps each, the evaluators' default), `batch` mode,
+population 16, tournament 4, budget 120 records (rejected proposals included;
+about an hour on 2 CPU cores, where a trained candidate takes minutes), into
+results/<timestamp>-<mode>-s<seed>.
 Flags override a `--config FILE.toml`, which overrides the defaults.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ _FLAGS = [
     ("--executor", "executor", str, "ray (default) or local (in-process, one candidate at a time)"),
     ("--workers", "workers", int, "worker actors (default: one per GPU, else one per CPU)"),
     ("--gpus-per-worker", "gpus_per_worker", float, "GPU fraction per worker (default 1 with GPUs, 0 without)"),
-    ("--budget", "budget", int, "records in the run, rejected proposals included (default 300)"),
+    ("--budget", "budget", int, "records in the run, rejected proposals included (default 120)"),
     ("--dataset", "dataset", str, "fashion-mnist (default), cifar10 or synthetic"),
     ("--data-root", "data_root", str, "where the dataset files are"),
     ("--steps", "steps", int, "training steps per proxy (default: the evaluators' default)"),
@@ -31,8 +33,8 @@ _FLAGS = [
     ("--seed", "seed", int, "search seed (default 0)"),
     ("--mode", "mode", str, "batch (default), sample (no batch moments) or polynomial"),
     ("--max-degree", "max_degree", int, "degree limit in polynomial mode (default 4)"),
-    ("--population", "population", int, "population size P (default 32)"),
-    ("--tournament", "tournament", int, "tournament size S (default 8)"),
+    ("--population", "population", int, "population size P (default 16)"),
+    ("--tournament", "tournament", int, "tournament size S (default 4)"),
     ("--evaluator", "evaluator", str, "train (default) or surrogate (a cheap stand-in for smoke tests)"),
     ("--surrogate-seconds", "surrogate_seconds", float, "CPU work per surrogate evaluation (default 0)"),
     ("--max-retries", "max_retries", int, "resubmissions when a worker dies (default 2)"),

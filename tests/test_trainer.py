@@ -1,0 +1,159 @@
+"""The fixed-step trainer: learning, determinism, failures as reasons, not exceptions."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from evaluators.datasets import load_dataset
+from evaluators.proxies import PROXY_NAMES, ProxyError
+from evaluators.trainer import TrainConfig, TrainResult, build_and_train, should_compile, train_and_score
+
+FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False)
+
+
+def bn_relu(c):
+    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_dataset("synthetic", seed=0)
+
+
+def test_synthetic_is_learnable(synthetic):
+    result = build_and_train("resnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu")
+    assert result.reason is None and result.ok
+    assert result.accuracy > 0.6              # chance is 0.1
+    assert result.steps_done == 60 and len(result.losses) == 60
+    assert result.losses[-1] < result.losses[0]
+    assert result.seconds > 0 and result.images_per_second > 0 and result.compile_seconds == 0
+    test = build_and_train("resnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu", split="test")
+    assert test.accuracy > 0.6
+
+
+def test_same_seed_same_accuracy(synthetic):
+    config = TrainConfig(**{**FAST, "steps": 30})
+    runs = [build_and_train("mobilenetv2", bn_relu, synthetic, config, "cpu", width=8) for _ in range(2)]
+    assert runs[0].accuracy == runs[1].accuracy
+    assert runs[0].losses == runs[1].losses
+    other = build_and_train("mobilenetv2", bn_relu, synthetic, TrainConfig(**{**FAST, "steps": 30, "seed": 1}),
+                            "cpu", width=8)
+    assert other.losses != runs[0].losses
+
+
+def test_same_seed_same_accuracy_generated_layer(synthetic):
+    primitives = pytest.importorskip("primitives")
+    from primitives.library import REFERENCE_LAYERS
+    graph = primitives.parse(REFERENCE_LAYERS["evonorm-s0"])
+    config = TrainConfig(**{**FAST, "steps": 20})
+    runs = [build_and_train("efficientnet", lambda c: primitives.compile_layer(graph, c), synthetic, config,
+                            "cpu", width=8) for _ in range(2)]
+    assert runs[0].reason is None
+    assert runs[0].accuracy == runs[1].accuracy and runs[0].losses == runs[1].losses
+
+
+class NaNAfter(nn.Module):
+    """BN-ReLU until its `limit`-th training forward, then NaN."""
+
+    def __init__(self, c, limit):
+        super().__init__()
+        self.bn, self.calls, self.limit = nn.BatchNorm2d(c), 0, limit
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        y = torch.relu(self.bn(x))
+        return y * float("nan") if self.calls > self.limit else y
+
+
+def test_non_finite_loss_stops_with_reason(synthetic):
+    made = []
+
+    def factory(c):
+        made.append(NaNAfter(c, limit=7))
+        return made[-1]
+    seen = []
+    result = build_and_train("resnet", factory, synthetic, TrainConfig(**FAST), "cpu",
+                             progress=lambda s, n: seen.append((s, n)))
+    assert result.accuracy is None
+    assert result.reason == "non-finite loss at step 7"
+    assert result.steps_done == 8 and made[0].calls == 8      # stopped right there
+    assert seen[-1] == (7, 60) and not math.isfinite(result.losses[-1])
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+
+
+def test_exploding_layer_gives_reason(synthetic):
+    class Explode(nn.Module):
+        def forward(self, x):
+            return torch.exp(x * 50)
+    result = build_and_train("resnet", lambda c: Explode(), synthetic, TrainConfig(**FAST), "cpu")
+    assert result.accuracy is None and result.reason.startswith("non-finite loss at step")
+
+
+def test_exceptions_become_reasons(synthetic):
+    class Raises(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom in the layer")
+
+    class WrongShape(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=1, keepdim=True)
+
+    def bad_factory(c):
+        raise ValueError(f"cannot build {c}")
+
+    for factory, expect in ((lambda c: Raises(), "RuntimeError: boom in the layer"),
+                            (lambda c: WrongShape(), "RuntimeError"),
+                            (bad_factory, "building resnet failed: ValueError: cannot build")):
+        result = build_and_train("resnet", factory, synthetic, TrainConfig(**FAST), "cpu")
+        assert isinstance(result, TrainResult)
+        assert result.accuracy is None and expect in result.reason, result.reason
+        assert "\n" not in result.reason
+    with pytest.raises(ProxyError):
+        build_and_train("alexnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu")
+
+
+def test_non_finite_eval_output_is_a_reason(synthetic):
+    class EvalNaN(nn.Module):
+        def forward(self, x):
+            return x if self.training else x * float("nan")
+    result = build_and_train("resnet", lambda c: EvalNaN(), synthetic, TrainConfig(**{**FAST, "steps": 3}), "cpu")
+    assert result.accuracy is None and "non-finite output in evaluation" in result.reason
+
+
+def test_config_validation_and_schedule():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="sometimes")
+    c = TrainConfig(steps=100, lr=0.2, warmup_fraction=0.1)
+    assert c.lr_at(0) == pytest.approx(0.02) and c.lr_at(9) == pytest.approx(0.2)
+    assert c.lr_at(10) == pytest.approx(0.2) and c.lr_at(99) < 0.001
+    assert all(c.lr_at(i) >= c.lr_at(i + 1) for i in range(10, 99))
+
+
+def test_compile_auto_rule():
+    from evaluators.proxies import build_proxy
+
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+    plain = build_proxy("resnet", bn_relu, 1, 10, 28)
+    custom = build_proxy("resnet", lambda c: Custom(), 1, 10, 28)
+    default = TrainConfig()
+    assert not should_compile(plain, default, "cpu") and not should_compile(plain, default, "cuda")
+    assert should_compile(custom, default, "cuda")
+    assert should_compile(custom, TrainConfig(compile=True, steps=5), "cpu")
+    assert not should_compile(custom, TrainConfig(compile=False), "cuda")
+    assert not should_compile(custom, TrainConfig(steps=10), "cpu")       # too short to pay back
+
+
+def test_train_and_score_directly(synthetic):
+    from evaluators.proxies import build_proxy
+    torch.manual_seed(0)
+    model = build_proxy("efficientnet", bn_relu, 1, 10, 16, width=8)
+    result = train_and_score(model, synthetic, TrainConfig(**{**FAST, "steps": 10}), "cpu")
+    assert result.ok and 0 <= result.accuracy <= 1 and result.steps_done == 10

@@ -237,3 +237,21 @@ def test_cli_refuses_non_empty_out_and_missing_resume_dir(tmp_path, capsys):
     assert rc == 2 and "does not exist" in cap.err and not (tmp_path / "missing").exists()
     rc, cap = _cli(["resume", str(out)], capsys)
     assert rc == 2 and cap.err.count("\n") == 1
+
+
+def test_cli_real_training_on_the_synthetic_set(tmp_path, capsys):
+    """The real screen and evaluator (synthetic data, a few steps), local executor."""
+    from search.rundir import load_run
+    out = tmp_path / "run"
+    rc, cap = _cli(["search", "--dataset", "synthetic", "--steps", "4", "--executor", "local", "--budget", "10",
+                    "--population", "4", "--tournament", "2", "--out", str(out), "--quiet",
+                    "--seed-formula", "x * sigmoid(v1 * x) / group_std(x) * gamma + beta"], capsys)
+    assert rc == 0, cap.err
+    df = load_run(out).candidates
+    assert len(df) == 10 and df["id"].is_unique
+    for col in DESIGN_COLUMNS:
+        assert col in df.columns
+    trained = df[df["worker"] != "driver"]
+    assert len(trained) >= 1 and trained["acc_resnet"].notna().all()
+    info = json.loads((out / "run.json").read_text())
+    assert info["eval_config"]["dataset"] == "synthetic" and info["eval_config"]["steps"] == 4

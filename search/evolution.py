@@ -12,7 +12,10 @@ One loop, one writer:
    the scores of the record it points at (held until that one finishes if it
    is still training); the rest go to the executor.
 3. Record what the executor finished; `ok` candidates join the population and
-   the oldest member leaves.
+   the oldest member leaves. (Copies never join: their original already did.)
+
+Candidates still training when a driver is killed are not recorded; a resumed
+run continues after the highest recorded id, so their ids stay unused.
 
 The budget counts records: a run with budget N ends with exactly N records,
 rejected proposals included.
@@ -27,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
-from primitives import Graph, parse
+from primitives import Graph, GraphError, parse
 
 from .modes import Mode
 from .mutation import mutate
@@ -117,8 +120,11 @@ class Driver:
             graph = self.mode.random_graph(rng)
         else:
             parent = tournament(self.population, self.config.tournament, self.goals, rng)
-            graph, mutation = mutate(parent.graph, rng, self.mode)
-            parent_id = parent.id
+            try:
+                graph, mutation = mutate(parent.graph, rng, self.mode)
+                parent_id = parent.id
+            except GraphError:          # a parent with no valid mutation in reach: start afresh
+                graph = self.mode.random_graph(rng)
         start = time.perf_counter()
         check = self.screen.check(graph, cid)
         screen_seconds = time.perf_counter() - start

@@ -78,6 +78,7 @@ class TrainConfig:
     amp: bool = True                     # autocast on CUDA only
     eval_batch_size: int = 1000
     augment: bool = True
+    threads: int | None = None           # torch intra-op threads during this training (restored after)
 
     def __post_init__(self):
         problems = []
@@ -93,6 +94,9 @@ class TrainConfig:
             problems.append(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
         if self.compile not in ("auto", True, False):
             problems.append(f"compile must be 'auto', True or False, got {self.compile!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            problems.append(f"threads must be a positive integer or None, got {self.threads!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -179,6 +183,17 @@ def train_and_score(model: nn.Module, dataset, config: TrainConfig | None = None
     """Train `model` for `config.steps` steps on `dataset`'s training split and score
     it on `split`. Never raises for a bad model: failures come back in `reason`."""
     config = config or TrainConfig()
+    if config.threads is None:
+        return _train_and_score(model, dataset, config, device, split, progress)
+    before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train_and_score(model, dataset, config, device, split, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_and_score(model, dataset, config, device, split, progress) -> TrainResult:
     start = time.perf_counter()
     device = torch.device(device)
     step = 0

@@ -11,7 +11,7 @@ from evaluators.datasets import load_dataset
 from evaluators.proxies import PROXY_NAMES, ProxyError
 from evaluators.trainer import TrainConfig, TrainResult, build_and_train, should_compile, train_and_score
 
-FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False)
+FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False, threads=1)
 
 
 def bn_relu(c):
@@ -24,19 +24,22 @@ def synthetic():
 
 
 def test_synthetic_is_learnable(synthetic):
-    result = build_and_train("resnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu")
+    before = torch.get_num_threads()
+    result = build_and_train("resnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu", width=8)
+    assert torch.get_num_threads() == before
     assert result.reason is None and result.ok
     assert result.accuracy > 0.6              # chance is 0.1
     assert result.steps_done == 60 and len(result.losses) == 60
     assert result.losses[-1] < result.losses[0]
     assert result.seconds > 0 and result.images_per_second > 0 and result.compile_seconds == 0
-    test = build_and_train("resnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu", split="test")
+    test = build_and_train("resnet", bn_relu, synthetic, TrainConfig(**FAST), "cpu", split="test", width=8)
     assert test.accuracy > 0.6
 
 
 def test_same_seed_same_accuracy(synthetic):
     config = TrainConfig(**{**FAST, "steps": 30})
     runs = [build_and_train("mobilenetv2", bn_relu, synthetic, config, "cpu", width=8) for _ in range(2)]
+    assert runs[0].accuracy is not None
     assert runs[0].accuracy == runs[1].accuracy
     assert runs[0].losses == runs[1].losses
     other = build_and_train("mobilenetv2", bn_relu, synthetic, TrainConfig(**{**FAST, "steps": 30, "seed": 1}),
@@ -48,7 +51,7 @@ def test_same_seed_same_accuracy_generated_layer(synthetic):
     primitives = pytest.importorskip("primitives")
     from primitives.library import REFERENCE_LAYERS
     graph = primitives.parse(REFERENCE_LAYERS["evonorm-s0"])
-    config = TrainConfig(**{**FAST, "steps": 20})
+    config = TrainConfig(**{**FAST, "steps": 12})
     runs = [build_and_train("efficientnet", lambda c: primitives.compile_layer(graph, c), synthetic, config,
                             "cpu", width=8) for _ in range(2)]
     assert runs[0].reason is None
@@ -76,7 +79,7 @@ def test_non_finite_loss_stops_with_reason(synthetic):
         made.append(NaNAfter(c, limit=7))
         return made[-1]
     seen = []
-    result = build_and_train("resnet", factory, synthetic, TrainConfig(**FAST), "cpu",
+    result = build_and_train("resnet", factory, synthetic, TrainConfig(**FAST), "cpu", width=8,
                              progress=lambda s, n: seen.append((s, n)))
     assert result.accuracy is None
     assert result.reason == "non-finite loss at step 7"
@@ -89,7 +92,7 @@ def test_exploding_layer_gives_reason(synthetic):
     class Explode(nn.Module):
         def forward(self, x):
             return torch.exp(x * 50)
-    result = build_and_train("resnet", lambda c: Explode(), synthetic, TrainConfig(**FAST), "cpu")
+    result = build_and_train("resnet", lambda c: Explode(), synthetic, TrainConfig(**FAST), "cpu", width=8)
     assert result.accuracy is None and result.reason.startswith("non-finite loss at step")
 
 
@@ -108,7 +111,7 @@ def test_exceptions_become_reasons(synthetic):
     for factory, expect in ((lambda c: Raises(), "RuntimeError: boom in the layer"),
                             (lambda c: WrongShape(), "RuntimeError"),
                             (bad_factory, "building resnet failed: ValueError: cannot build")):
-        result = build_and_train("resnet", factory, synthetic, TrainConfig(**FAST), "cpu")
+        result = build_and_train("resnet", factory, synthetic, TrainConfig(**FAST), "cpu", width=8)
         assert isinstance(result, TrainResult)
         assert result.accuracy is None and expect in result.reason, result.reason
         assert "\n" not in result.reason
@@ -120,7 +123,7 @@ def test_non_finite_eval_output_is_a_reason(synthetic):
     class EvalNaN(nn.Module):
         def forward(self, x):
             return x if self.training else x * float("nan")
-    result = build_and_train("resnet", lambda c: EvalNaN(), synthetic, TrainConfig(**{**FAST, "steps": 3}), "cpu")
+    result = build_and_train("resnet", lambda c: EvalNaN(), synthetic, TrainConfig(**{**FAST, "steps": 3}), "cpu", width=8)
     assert result.accuracy is None and "non-finite output in evaluation" in result.reason
 
 

@@ -46,6 +46,7 @@ class SearchConfig:
     population: int = 16
     tournament: int = 4
     seed_formulas: tuple[str, ...] = ()
+    library_seeds: bool = True           # also seed with the reference layers that fit the mode
     cost: bool = False                   # add params_per_channel (minimised) to the objectives
     evaluator: str = "train"             # train (real proxies) | surrogate (cheap stand-in for tests)
     surrogate_seconds: float = 0.0       # CPU-bound work per surrogate evaluation
@@ -118,9 +119,9 @@ def _check(key: str, value):
             raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(_CHOICES[key])})")
-    elif key == "cost":
+    elif key in ("cost", "library_seeds"):
         if not isinstance(value, bool):
-            raise ConfigError(f"cost must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
     elif key in ("archs", "seed_formulas"):
         if isinstance(value, str) or not isinstance(value, (list, tuple)) \
                 or not all(isinstance(v, str) for v in value):

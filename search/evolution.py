@@ -44,6 +44,24 @@ def candidate_rng(seed: int, candidate_id: int) -> random.Random:
     return random.Random(f"evonorm:{seed}:{candidate_id}")
 
 
+def initial_seeds(config, mode: Mode) -> list[Graph]:
+    """The known layers that open the run: --seed-formula ones, then (unless turned off) the
+    reference library's layers that fit the mode. Starting next to known-good layers is
+    what lets a one-hour search on a small machine improve on them rather than spend its
+    budget rediscovering normalisation from random graphs."""
+    from primitives.library import REFERENCE_LAYERS
+    formulas = list(config.seed_formulas)
+    if getattr(config, "library_seeds", False):
+        formulas += list(REFERENCE_LAYERS.values())
+    seeds, seen = [], set()
+    for formula in formulas:
+        graph = parse(formula)
+        if graph.hash not in seen and mode.accept(graph):
+            seen.add(graph.hash)
+            seeds.append(graph)
+    return seeds
+
+
 class Driver:
     def __init__(self, config, mode: Mode, store, screen, executor, *, start_id: int = 0,
                  done: int = 0, progress=sys.stderr, progress_seconds: float = 2.0, on_record=None):
@@ -52,7 +70,7 @@ class Driver:
         self.acc_keys = tuple(f"acc_{a}" for a in self.archs)
         self.objectives, self.goals = tuple(config.objectives), tuple(config.goals)
         self.population = Population(config.population)
-        self.seeds = [parse(f) for f in config.seed_formulas]
+        self.seeds = initial_seeds(config, mode)
         self.next_id = start_id
         self.done = done                      # records written, this session and before
         self.counts: Counter = Counter()      # status -> records, this session

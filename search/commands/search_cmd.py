@@ -51,6 +51,9 @@ def add_arguments(parser):
                         help="proxy architectures (default resnet mobilenetv2 efficientnet)")
     parser.add_argument("--seed-formula", dest="seed_formulas", action="append", default=None,
                         metavar="F", help="a known layer for the first population (repeatable)")
+    parser.add_argument("--no-library-seeds", dest="library_seeds", action="store_false", default=None,
+                        help="start from random layers only (default: the first population also holds "
+                             "the reference layers that fit the mode)")
     parser.add_argument("--cost", dest="cost", action="store_true", default=None,
                         help="add parameters per channel (minimised) to the objectives")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -186,7 +189,7 @@ def _store_options(config) -> dict:
 
 
 def run(args) -> int:
-    flags = [dest for _, dest, _, _ in _FLAGS] + ["archs", "seed_formulas", "cost"]
+    flags = [dest for _, dest, _, _ in _FLAGS] + ["archs", "seed_formulas", "cost", "library_seeds"]
     config = config_from_args(args, flags)
     out = config.out or config.default_out()
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

@@ -84,6 +84,7 @@ class Driver:
         self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
         self.started = time.monotonic()
         self._last_report = 0.0
+        self._last_state, self._last_line = "", 0.0
 
     # -- resume ------------------------------------------------------------------------------------
     def restore(self, records) -> None:
@@ -228,9 +229,15 @@ class Driver:
         session = sum(self.counts.values())
         funnel = " ".join(f"{s} {self.counts[s]}" for s in STATUSES if self.counts[s])
         best = " ".join(f"{k[4:]} {v:.3f}" for k, v in self.best.items() if v > -math.inf) or "-"
-        print(f"[{self.done}/{self.config.budget}] {session / max(elapsed, 1e-9):.2f}/s "
-              f"| {funnel or 'nothing yet'} | training {len(self.pending)} | best {best} "
-              f"| front {len(self.front)} | {elapsed:.0f}s", file=self.progress, flush=True)
+        state = (f"[{self.done}/{self.config.budget}] {session / max(elapsed, 1e-9) * 60:.1f}/min "
+                 f"| {funnel or 'nothing yet'} | training {len(self.pending)} | best {best} "
+                 f"| front {len(self.front)}")
+        line = f"{state} | {elapsed:.0f}s"
+        if getattr(self.progress, "isatty", lambda: False)():  # one line, redrawn in place
+            print(f"\r\033[K{line}", end="\n" if force else "", file=self.progress, flush=True)
+        elif force or state != self._last_state or now - self._last_line >= 60:  # a log: changes only
+            print(line, file=self.progress, flush=True)
+            self._last_state, self._last_line = state, now
 
 
 def _num(v):

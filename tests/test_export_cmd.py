@@ -58,3 +58,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, run_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("evonorm: error:")
     assert not (tmp_path / "nope").exists()
+
+
+def test_plot_marks_the_baselines_the_run_trained_itself(run_dir):
+    from search.commands.plot import _recorded_baselines
+    from search.rundir import load_run
+    run = load_run(run_dir)
+    assert _recorded_baselines(run.candidates, run.acc_columns) == {
+        "evonorm-s0": {"acc_resnet": 0.5}, "bn-relu": {"acc_resnet": 0.6}}

@@ -94,7 +94,8 @@ def draw(run, output: Path, dpi: int = 120) -> None:
     for ax in axes[n_panels:]:
         ax.axis("off")
     front_ids = set(run.front()["id"].tolist())
-    baselines = run.info.get("baselines") if isinstance(run.info.get("baselines"), dict) else {}
+    baselines = dict(run.info.get("baselines")) if isinstance(run.info.get("baselines"), dict) else {}
+    baselines.update({k: v for k, v in _recorded_baselines(df, accs).items() if k not in baselines})
 
     # -- one front per pair of objectives ----------------------------------------------------------
     for ax, (cx, cy) in zip(axes, pairs):
@@ -209,3 +210,18 @@ def run(args) -> int:
             tmp.unlink()
     print(f"wrote {output}")
     return 0
+
+
+def _recorded_baselines(df, accs) -> dict:
+    """Scores of the baseline layers (BN-ReLU, GN-ReLU, EvoNorm-B0/S0) where the run
+    trained them itself, e.g. as seeds of its first population."""
+    from primitives import parse
+    from primitives.library import BASELINES, REFERENCE_LAYERS
+
+    out = {}
+    for name in BASELINES:
+        rows = df[(df["graph_hash"] == parse(REFERENCE_LAYERS[name]).hash) & (df["status"] == "ok")]
+        if len(rows):
+            out[name] = {c: float(rows.iloc[0][c]) for c in accs if rows.iloc[0][c] is not None
+                         and rows.iloc[0][c] == rows.iloc[0][c]}
+    return out

@@ -28,11 +28,20 @@ from primitives import compile_layer, parse  # noqa: E402
 from primitives.library import REFERENCE_LAYERS  # noqa: E402
 
 
+def factory_for(name):
+    if name == "torch-bn-relu":
+        return lambda c: torch.nn.Sequential(torch.nn.BatchNorm2d(c), torch.nn.ReLU())
+    graph = parse(REFERENCE_LAYERS[name])
+    return lambda c: compile_layer(graph, c)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60, help="timed steps per run (default 60)")
     ap.add_argument("--archs", nargs="+", default=list(PROXY_NAMES), choices=PROXY_NAMES)
-    ap.add_argument("--layers", nargs="+", default=["bn-relu", "evonorm-b0", "evonorm-s0"])
+    ap.add_argument("--layers", nargs="+", default=["torch-bn-relu", "bn-relu", "evonorm-b0", "evonorm-s0"],
+                    help="torch-bn-relu (nn.BatchNorm2d + nn.ReLU, the baseline) or names of "
+                         "primitives.library.REFERENCE_LAYERS")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -57,14 +66,13 @@ def main(argv=None):
     for arch in args.archs:
         base = None
         for name in args.layers:
-            graph = parse(REFERENCE_LAYERS[name])
             for compiled in modes:
                 cfg = TrainConfig(steps=args.steps, compile=compiled)
-                r = build_and_train(arch, lambda c: compile_layer(graph, c), ds, cfg, args.device)
+                r = build_and_train(arch, factory_for(name), ds, cfg, args.device)
                 if r.reason:
                     print(f"{arch:<13}{name:<12}{'compiled' if compiled else 'eager':<9}  failed: {r.reason}")
                     continue
-                if name == "bn-relu" and not compiled:
+                if base is None and not compiled:   # the first layer's eager run is the baseline
                     base = r.images_per_second
                 ratio = r.images_per_second / base if base else float("nan")
                 projected = (default.steps * default.batch_size / r.images_per_second + r.compile_seconds
@@ -78,10 +86,9 @@ def main(argv=None):
     if args.full:
         print(f"\nfull default training ({default.steps} steps, compile='auto'), validation accuracy:")
         for name in args.layers:
-            graph = parse(REFERENCE_LAYERS[name])
             total = 0.0
             for arch in args.archs:
-                r = build_and_train(arch, lambda c: compile_layer(graph, c), ds, TrainConfig(), args.device)
+                r = build_and_train(arch, factory_for(name), ds, TrainConfig(), args.device)
                 total += r.seconds
                 acc = "-" if r.accuracy is None else f"{r.accuracy:.4f}"
                 print(f"  {arch:<13}{name:<12}acc {acc}  {r.seconds:6.1f} s  compiled={r.compiled}"

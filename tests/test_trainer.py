@@ -152,6 +152,8 @@ def test_compile_auto_rule():
     assert should_compile(custom, TrainConfig(compile=True, steps=5), "cpu")
     assert not should_compile(custom, TrainConfig(compile=False), "cuda")
     assert not should_compile(custom, TrainConfig(steps=10), "cpu")       # too short to pay back
+    assert not should_compile(custom, default, "cpu")                     # default budget: eager on CPU
+    assert should_compile(custom, TrainConfig(steps=1000), "cpu")
 
 
 def test_train_and_score_directly(synthetic):
@@ -160,3 +162,51 @@ def test_train_and_score_directly(synthetic):
     model = build_proxy("efficientnet", bn_relu, 1, 10, 16, width=8)
     result = train_and_score(model, synthetic, TrainConfig(**{**FAST, "steps": 10}), "cpu")
     assert result.ok and 0 <= result.accuracy <= 1 and result.steps_done == 10
+
+
+# -- slow: the default budget on real Fashion-MNIST ----------------------------------------------
+
+def _reference_factories():
+    factories = {"bn-relu(torch)": bn_relu}
+    try:
+        from primitives import compile_layer, parse
+        from primitives.library import REFERENCE_LAYERS
+    except ImportError:
+        return factories
+    for name in ("bn-relu", "evonorm-b0", "evonorm-s0"):
+        graph = parse(REFERENCE_LAYERS[name])
+        factories[name] = (lambda g: (lambda c: compile_layer(g, c)))(graph)
+    return factories
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", list(_reference_factories()))
+@pytest.mark.parametrize("arch", PROXY_NAMES)
+def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
+    from evaluators.datasets import SYSTEM_FASHION_MNIST
+    if not (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist not installed")
+    ds = load_dataset("fashion-mnist", download=False)
+    result = build_and_train(arch, _reference_factories()[layer], ds, TrainConfig(), "cpu")
+    assert result.reason is None, result.reason
+    assert result.steps_done == TrainConfig().steps
+    assert result.accuracy >= 0.80, (arch, layer, result)
+
+
+@pytest.mark.slow
+def test_compiled_training_is_deterministic_and_close_to_eager():
+    primitives = pytest.importorskip("primitives")
+    from primitives.library import REFERENCE_LAYERS
+    ds = load_dataset("synthetic", seed=0)
+    graph = primitives.parse(REFERENCE_LAYERS["evonorm-b0"])
+
+    def factory(c):
+        return primitives.compile_layer(graph, c)
+    cfg = dict(steps=30, batch_size=64, lr=0.05, threads=1)
+    compiled = [build_and_train("resnet", factory, ds, TrainConfig(**cfg, compile=True), "cpu", width=8)
+                for _ in range(2)]
+    eager = build_and_train("resnet", factory, ds, TrainConfig(**cfg, compile=False), "cpu", width=8)
+    assert compiled[0].compiled and compiled[0].note is None
+    assert compiled[0].accuracy == compiled[1].accuracy
+    assert abs(compiled[0].accuracy - eager.accuracy) < 0.1
+    assert compiled[0].losses[0] == pytest.approx(eager.losses[0], rel=1e-4)

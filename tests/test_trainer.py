@@ -153,7 +153,7 @@ def test_compile_auto_rule():
     assert not should_compile(custom, TrainConfig(compile=False), "cuda")
     assert not should_compile(custom, TrainConfig(steps=10), "cpu")       # too short to pay back
     assert not should_compile(custom, default, "cpu")                     # default budget: eager on CPU
-    assert should_compile(custom, TrainConfig(steps=1000), "cpu")
+    assert should_compile(custom, TrainConfig(steps=2000), "cpu")
 
 
 def test_train_and_score_directly(synthetic):

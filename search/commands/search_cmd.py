@@ -141,6 +141,7 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
 
     records = []
     store = executor = None
+    _stop_on_sigterm()
     try:
         if not create:
             try:
@@ -182,6 +183,17 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
                 print(f"evonorm: flushing {run_dir} failed: {err}", file=sys.stderr)
         if executor is not None:
             executor.close()
+
+
+def _stop_on_sigterm():
+    """`kill PID` (SIGTERM) stops a search like Ctrl-C: records flushed, exit 130. This also
+    covers runs started in the background, where SIGINT is ignored."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _store_options(config) -> dict:

@@ -131,6 +131,7 @@ def draw(run, output: Path, dpi: int = 120) -> None:
                 continue
             ax.scatter([scores[cx]], [scores[cy]], marker=marker, s=220 if marker == "*" else 110, c=color, edgecolors="black",
                        linewidths=0.9, zorder=4, alpha=0.85, label=f"baseline {name}")
+        _zoom_on_front(ax, pts, mask if len(pts) else None, baselines, cx, cy)
         ax.set_xlabel(_label(cx), fontsize=11)
         ax.set_ylabel(_label(cy), fontsize=11)
         ax.set_title(f"Pareto front: {_label(cx)} vs {_label(cy)}", fontsize=12)
@@ -225,3 +226,25 @@ def _recorded_baselines(df, accs) -> dict:
             out[name] = {c: float(rows.iloc[0][c]) for c in accs if rows.iloc[0][c] is not None
                          and rows.iloc[0][c] == rows.iloc[0][c]}
     return out
+
+
+def _zoom_on_front(ax, pts, mask, baselines, cx, cy):
+    """Frame the front and the baselines: layers near chance accuracy would otherwise
+    squeeze what matters into a corner. Says how many points fall outside."""
+    import numpy as np
+
+    if mask is None or not mask.any() or not (cx.startswith("acc_") and cy.startswith("acc_")):
+        return
+    keep = [pts[mask]] + [[[b[cx], b[cy]]] for b in baselines.values()
+                          if isinstance(b, dict) and b.get(cx) is not None and b.get(cy) is not None]
+    lows = np.concatenate([np.asarray(k, dtype=float) for k in keep]).min(axis=0)
+    span = np.maximum(1.0 - lows, 0.02)
+    lo = np.maximum(lows - 0.6 * span, 0.0)
+    outside = int(((pts[:, 0] < lo[0]) | (pts[:, 1] < lo[1])).sum())
+    if outside == 0:
+        return
+    hi = np.minimum(pts[mask].max(axis=0) + 0.25 * span, 1.0)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.text(0.99, 0.01, f"{outside} accepted candidate(s) below the axes", transform=ax.transAxes,
+            ha="right", va="bottom", fontsize=8, color="#555555")

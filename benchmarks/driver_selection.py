@@ -28,6 +28,7 @@ from search.modes import get_mode
 from search.pareto import pareto_mask
 from search.selection import Member
 from search.surrogate import describe
+from search.store import MemoryStore
 
 
 class HashScreen:
@@ -66,20 +67,6 @@ class Instant(Executor):
                                       **{f"acc_{a}": r.random() for a in self.archs}}, "bench"))
         self.jobs = []
         return out
-
-
-class MemoryStore:
-    def __init__(self):
-        self.records, self.next_id = [], 0
-
-    def append(self, record):
-        self.records.append(record)
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def bench_selection(history: int = 100_000, candidates: int = 3000, population: int = 32,

@@ -21,30 +21,18 @@ from search.evolution import Driver
 from search.executor import LocalExecutor, evaluator_spec, make_screen
 from search.modes import get_mode
 from search.pareto import hypervolume, pareto_mask
-
-
-class _Memory:
-    """An in-memory record sink with the RunStore face the driver uses."""
-
-    def __init__(self):
-        self.records, self.next_id = [], 0
-
-    def append(self, record):
-        self.records.append(record)
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
+from search.store import MemoryStore
 
 
 def search(seed: int, budget: int, mode: str, random_search: bool, population: int, tournament: int):
+    # From random layers only: the library seeds include the surrogate's own targets, which
+    # would hand both arms the answer and measure nothing about the search.
     config = build_config(overrides=dict(evaluator="surrogate", executor="local", budget=budget, seed=seed,
+                                         library_seeds=False,
                                          mode=mode, population=budget if random_search else population,
                                          tournament=tournament))
     spec = evaluator_spec(config)
-    store = _Memory()
+    store = MemoryStore()
     Driver(config, get_mode(mode), store, make_screen(spec), LocalExecutor(spec), progress=None).run()
     points = [tuple(r[k] for k in config.objectives) for r in store.records
               if all(r.get(k) is not None for k in config.objectives)]

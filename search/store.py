@@ -325,3 +325,21 @@ class RunStore:
 
         table = pa.Table.from_pylist(self.front(), schema=self.schema)
         _write_atomic(self.dir / FRONT, lambda f: pq.write_table(table, f))
+
+
+class MemoryStore:
+    """The face of RunStore that the driver writes through, kept in a list: for tests and
+    benchmarks that measure the search, not parquet."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+        self.next_id = 0
+
+    def append(self, record: dict) -> None:
+        self.records.append(dict(record))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -20,6 +20,7 @@ from search.evolution import Driver  # noqa: E402
 from search.executor import evaluator_spec, make_screen  # noqa: E402
 from search.modes import get_mode  # noqa: E402
 from search.ray_executor import RayExecutor  # noqa: E402
+from search.store import MemoryStore
 
 SPEC = {"kind": "surrogate", "archs": ["resnet", "mobilenetv2", "efficientnet"], "eval": {}}
 
@@ -32,14 +33,6 @@ def local_ray():
     yield
     if started:
         ray.shutdown()
-
-
-class MemoryStore:
-    def __init__(self):
-        self.records, self.next_id = [], 0
-
-    def append(self, record):
-        self.records.append(dict(record))
 
 
 def test_worker_killed_mid_run_costs_no_candidate(local_ray):

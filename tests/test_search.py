@@ -13,23 +13,10 @@ from search.config import ConfigError, build_config
 from search.evolution import Driver
 from search.executor import Executor, Finished, LocalExecutor, evaluator_spec, make_screen
 from search.modes import get_mode
+from search.store import MemoryStore
 
 DESIGN_COLUMNS = ["id", "parent_id", "formula", "graph", "graph_hash", "status", "reason", "equivalent_to",
                   "params_per_channel", "uses_batch_stats", "poly_degree", "seconds", "worker", "created_at"]
-
-
-class MemoryStore:
-    def __init__(self):
-        self.records, self.next_id = [], 0
-
-    def append(self, record):
-        self.records.append(dict(record))
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
 
 
 class ShuffledExecutor(Executor):

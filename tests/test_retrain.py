@@ -52,3 +52,17 @@ def test_bad_input_exits_2_and_writes_nothing(argv, run_dir, tmp_path, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (run_dir / "retrain.parquet").exists()
+
+
+def test_retrain_in_worker_processes_matches_in_process(run_dir, tmp_path, capsys):
+    argv = ["--top", "1", "--seeds", "1", "--trials", "1", "--steps", "8", "--archs", "resnet"]
+    assert main(["retrain", str(run_dir), *argv, "--workers", "2"]) == 0
+    pooled = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert main(["retrain", str(run_dir), *argv]) == 0
+    single = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert list(pooled["layer"]) == list(single["layer"]) == ["#0", "bn-relu", "gn-relu", "evonorm-b0", "evonorm-s0"]
+    assert list(pooled["lr"]) == list(single["lr"])
+    # one torch thread per worker against torch's default here: equal up to float reassociation
+    assert (abs(pooled["test_acc"] - single["test_acc"]) <= 0.05).all()
+    assert pooled["test_acc"].between(0, 1).all()
+    assert main(["retrain", str(run_dir), "--workers", "0"]) == 2

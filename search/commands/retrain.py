@@ -5,7 +5,9 @@ BN-ReLU, GN-ReLU, EvoNorm-B0, EvoNorm-S0) a small Optuna TPE study tunes the
 learning rate on the validation split (mean accuracy over the proxies); the
 layer is then trained with that rate for several seeds on every proxy and
 scored on the held-out test set. Rows land in DIR/retrain.parquet (written
-atomically); the table of mean and spread is printed.
+atomically); the table of mean and spread is printed. With `--workers N` the
+layers are spread over N spawned processes (one torch thread each); rows still
+come back in layer order.
 """
 from __future__ import annotations
 
@@ -28,11 +30,16 @@ def add_arguments(parser):
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes training layers side by side, one torch thread each (default 1: this "
+                             "process, torch's threads)")
 
 
 def run(args) -> int:
     from search.rundir import RunDirError, load_run
 
+    if args.workers < 1:
+        raise UsageError("--workers must be positive")
     for name in ("top", "seeds", "trials"):
         if getattr(args, name) < (0 if name == "top" else 1):
             raise UsageError(f"--{name} must be {'non-negative' if name == 'top' else 'positive'}")
@@ -96,49 +103,106 @@ def _layers(run_, top: int, baselines: bool) -> list[dict]:
 
 
 def _retrain(layers, archs, dataset, device, steps, args, seed) -> list[dict]:
-    import optuna
+    """All layers' rows in layer order: in this process, or over `--workers` processes."""
     from tqdm import tqdm
+
+    total = len(layers) * len(archs) * (args.trials + args.seeds)
+    bar = tqdm(total=total, desc="retrain", unit="training", file=sys.stderr, dynamic_ncols=True)
+    job = {"archs": archs, "steps": steps, "trials": args.trials, "seeds": args.seeds,
+           "lr_range": tuple(args.lr_range), "seed": seed, "device": str(device)}
+    try:
+        if args.workers == 1:
+            def done(text):
+                bar.set_postfix_str(text)
+                bar.update()
+            return [row for layer in layers for row in retrain_layer(layer, dataset, job, done)]
+        return _in_processes(layers, dataset, job, args.workers, bar)
+    finally:
+        bar.close()
+
+
+def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
+    """One layer: an Optuna TPE study of the learning rate on the validation split
+    (mean over the proxies), then `seeds` test-set trainings per proxy at the best
+    rate. `done(text)` is called after every training."""
+    import optuna
 
     from evaluators.trainer import TrainConfig, build_and_train
     from primitives import compile_layer, parse
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    total = len(layers) * len(archs) * (args.trials + args.seeds)
-    bar = tqdm(total=total, desc="retrain", unit="training", file=sys.stderr, dynamic_ncols=True)
+    graph = parse(layer["formula"])
+
+    def factory(channels):
+        return compile_layer(graph, channels)
+
+    def train(arch, lr, run_seed, split):
+        result = build_and_train(arch, factory, dataset, TrainConfig(steps=job["steps"], lr=lr, seed=run_seed),
+                                 job["device"], split=split)
+        done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
+        return result
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", *job["lr_range"], log=True)
+        accs = [train(arch, lr, job["seed"], "val").accuracy for arch in job["archs"]]
+        return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
+
+    sampler = optuna.samplers.TPESampler(seed=job["seed"], n_startup_trials=min(3, job["trials"]))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=job["trials"])
+    lr = study.best_params["lr"]
     rows = []
-    for layer in layers:
-        graph = parse(layer["formula"])
-
-        def factory(channels, graph=graph):
-            return compile_layer(graph, channels)
-
-        def train(arch, lr, run_seed, split):
-            bar.set_postfix_str(f"{layer['name']} {arch} lr={lr:.3g} {split}")
-            result = build_and_train(arch, factory, dataset,
-                                     TrainConfig(steps=steps, lr=lr, seed=run_seed), device, split=split)
-            bar.update()
-            return result
-
-        def objective(trial):
-            lr = trial.suggest_float("lr", *args.lr_range, log=True)
-            accs = [train(arch, lr, seed, "val").accuracy for arch in archs]
-            return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
-
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(3, args.trials))
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        study.optimize(objective, n_trials=args.trials)
-        lr = study.best_params["lr"]
-        for s in range(args.seeds):
-            for arch in archs:
-                start = time.perf_counter()
-                result = train(arch, lr, seed + 1 + s, "test")
-                rows.append({"layer": layer["name"], "source": layer["source"],
-                             "candidate_id": layer["candidate_id"], "formula": layer["formula"],
-                             "arch": arch, "seed": seed + 1 + s, "lr": lr, "steps": steps,
-                             "val_acc_tuned": study.best_value, "test_acc": result.accuracy,
-                             "reason": result.reason, "seconds": time.perf_counter() - start})
-    bar.close()
+    for s in range(job["seeds"]):
+        for arch in job["archs"]:
+            start = time.perf_counter()
+            result = train(arch, lr, job["seed"] + 1 + s, "test")
+            rows.append({"layer": layer["name"], "source": layer["source"],
+                         "candidate_id": layer["candidate_id"], "formula": layer["formula"],
+                         "arch": arch, "seed": job["seed"] + 1 + s, "lr": lr, "steps": job["steps"],
+                         "val_acc_tuned": study.best_value, "test_acc": result.accuracy,
+                         "reason": result.reason, "seconds": time.perf_counter() - start})
     return rows
+
+
+# -- worker processes: one torch thread each, the dataset loaded once per process
+
+_WORKER = {}
+
+
+def _worker_init(dataset, device, messages):
+    import torch
+    torch.set_num_threads(1)
+    _WORKER.update(dataset=dataset.to(device), messages=messages)
+
+
+def _worker_layer(layer, job):
+    return retrain_layer(layer, _WORKER["dataset"], job, _WORKER["messages"].put)
+
+
+def _in_processes(layers, dataset, job, workers, bar) -> list[dict]:
+    """Layers spread over `workers` spawned processes; their per-training messages
+    drive the progress bar. Rows come back in layer order."""
+    import multiprocessing
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        messages = manager.Queue()
+        with ProcessPoolExecutor(min(workers, len(layers)), mp_context=ctx, initializer=_worker_init,
+                                 initargs=(dataset.to("cpu"), job["device"], messages)) as pool:
+            futures = [pool.submit(_worker_layer, layer, job) for layer in layers]
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                while True:
+                    try:
+                        text = messages.get_nowait()
+                    except queue.Empty:
+                        break
+                    bar.set_postfix_str(text)
+                    bar.update()
+            return [row for future in futures for row in future.result()]
 
 
 def _write(path, rows):

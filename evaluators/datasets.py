@@ -138,17 +138,22 @@ class ImageDataset:
                             device=generator.device)
         return self.batch(idx, generator)
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless augmented training batches, epoch by epoch through seeded
-        permutations (every image once per epoch; the last partial batch of an
-        epoch is dropped)."""
+    def train_batches(self, batch_size: int, generator: torch.Generator,
+                      augment_from_epoch: int | None = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless training batches, epoch by epoch through seeded permutations
+        (every image once per epoch; the last partial batch of an epoch is
+        dropped). Epochs numbered `augment_from_epoch` and later (0: all, None:
+        none) are augmented."""
         n = len(self.train_y)
         if batch_size > n:
             raise DatasetError(f"batch size {batch_size} exceeds the {n} training images")
+        epoch = 0
         while True:
             perm = torch.randperm(n, generator=generator, device=generator.device)
+            augment = augment_from_epoch is not None and epoch >= augment_from_epoch
             for start in range(0, n - batch_size + 1, batch_size):
-                yield self.batch(perm[start:start + batch_size], generator)
+                yield self.batch(perm[start:start + batch_size], generator if augment else None)
+            epoch += 1
 
     def eval_batches(self, split: str = "val", batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised, unaugmented batches of the val or test split (or train), in order."""

@@ -4,8 +4,21 @@ SGD with (Nesterov) momentum, a linear warm-up then cosine decay to zero, weight
 decay on conv/linear weights only (not on the layers' per-channel vectors),
 optional label smoothing, bf16 autocast on CUDA (fp16 with a scaler where bf16
 is missing). Batches come from `ImageDataset.train_batches` (seeded epoch
-permutations, augmented on the device). Evaluation is one pass over the
+permutations, augmented on the device from the second epoch on, see
+`AUGMENT_FROM_EPOCH`). Evaluation is one pass over the
 validation (or test) split in eval mode.
+
+Default budget (300 steps of 128, lr 0.1, 15% warm-up, unaugmented first
+epoch), measured on the Fashion-MNIST validation split, seed 0, one thread:
+
+                 resnet  mobilenetv2  efficientnet
+    BN-ReLU       88.1      87.2         86.6
+    EvoNorm-B0    86.0      87.0         88.0
+    EvoNorm-S0    81.9      85.5         85.7
+
+With a 5% warm-up EvoNorm-B0 on efficientnet stalled at 77.9% (seed 1: 87.2%);
+with every epoch augmented EvoNorm-S0 reached 78.2% on resnet and 79.3% on
+mobilenetv2.
 
 Bad layers are data, not exceptions: `train_and_score` and `build_and_train`
 stop at the first non-finite loss and report it in `TrainResult.reason`
@@ -72,6 +85,13 @@ AUTO_COMPILE_MIN_IMAGES = 150_000
 # on CPU every step.
 CUDA_CHECK_EVERY = 25
 
+# TrainConfig.augment -> the first augmented epoch (None: never). Random crops
+# fight overfitting to images seen before; in its first epoch a network has seen
+# none, so there they only make the task harder. At the default budget (300 x 128
+# images, 0.7 of an epoch) augmenting cost EvoNorm-S0 on mobilenetv2 5 points
+# (79.3% against 84.5% on the Fashion-MNIST validation split).
+AUGMENT_FROM_EPOCH = {"auto": 1, True: 0, False: None}
+
 _PLAIN_NORM_ACT = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Sequential)
 
 
@@ -83,13 +103,13 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = True
-    warmup_fraction: float = 0.05        # linear warm-up over this share of steps, then cosine to 0
+    warmup_fraction: float = 0.15        # linear warm-up over this share of steps, then cosine to 0
     label_smoothing: float = 0.0
     seed: int = 0
     compile: str | bool = "auto"         # "auto" | True | False
     amp: bool = True                     # autocast on CUDA only
     eval_batch_size: int = 1000
-    augment: bool = True
+    augment: bool | str = "auto"         # "auto": from the second epoch on; True: always; False: never
     threads: int | None = None           # torch intra-op threads during this training (restored after)
 
     def __post_init__(self):
@@ -104,6 +124,8 @@ class TrainConfig:
             problems.append(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction!r}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
+        if self.augment not in ("auto", True, False):
+            problems.append(f"augment must be 'auto', True or False, got {self.augment!r}")
         if self.compile not in ("auto", True, False):
             problems.append(f"compile must be 'auto', True or False, got {self.compile!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -237,10 +259,7 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
         gen = torch.Generator(device="cpu").manual_seed(config.seed)
-        if config.augment:
-            batches = dataset.train_batches(config.batch_size, gen)
-        else:
-            batches = _plain_batches(dataset, config.batch_size, gen)
+        batches = dataset.train_batches(config.batch_size, gen, AUGMENT_FROM_EPOCH[config.augment])
         net = _compile(model) if should_compile(model, config, device) else model
         compiled = net is not model
         check_every = CUDA_CHECK_EVERY if cuda else 1
@@ -304,14 +323,6 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
         return result(acc, reason, images_per_second, time.perf_counter() - t_eval)
     except Exception as err:
         return result(reason=f"{_one_line(err)} (at step {step})")
-
-
-def _plain_batches(dataset, batch_size, gen):
-    n = len(dataset.train_y)
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for s in range(0, n - batch_size + 1, batch_size):
-            yield dataset.batch(perm[s:s + batch_size])
 
 
 def build_and_train(arch: str, layer_factory, dataset, config: TrainConfig | None = None, device="cpu",

@@ -239,3 +239,24 @@ def test_synthetic_fast_seeded_balanced():
     counts = torch.bincount(y, minlength=10)
     assert counts.min() > 200 and x.dtype == torch.uint8
     assert 40 < x.float().mean() < 220 and x.float().std() > 20
+
+
+def test_train_batches_augment_from_a_given_epoch():
+    ds = load_dataset("synthetic", seed=1)
+    n, bs = len(ds.train_y), 100
+    per_epoch = n // bs
+    perms = torch.Generator().manual_seed(7)
+    it = ds.train_batches(bs, torch.Generator().manual_seed(7), augment_from_epoch=1)
+    first = torch.randperm(n, generator=perms)
+    for i in range(per_epoch):  # epoch 0: exactly the stored images, in the seeded order
+        x, y = next(it)
+        idx = first[i * bs:(i + 1) * bs]
+        assert torch.equal(x, ds.normalise(ds.train_x[idx])) and torch.equal(y, ds.train_y[idx])
+    x, y = next(it)  # epoch 1: cropped, so no longer the stored images
+    plain = ds.train_batches(bs, torch.Generator().manual_seed(7), augment_from_epoch=None)
+    for _ in range(per_epoch):
+        next(plain)
+    px, py = next(plain)
+    assert torch.equal(y, py) and not torch.equal(x, px)
+    always = ds.train_batches(bs, torch.Generator().manual_seed(7))
+    assert not torch.equal(next(always)[0], ds.normalise(ds.train_x[first[:bs]]))

@@ -132,6 +132,8 @@ def test_config_validation_and_schedule():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(compile="sometimes")
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="sometimes")
     c = TrainConfig(steps=100, lr=0.2, warmup_fraction=0.1)
     assert c.lr_at(0) == pytest.approx(0.02) and c.lr_at(9) == pytest.approx(0.2)
     assert c.lr_at(10) == pytest.approx(0.2) and c.lr_at(99) < 0.001
@@ -179,25 +181,11 @@ def _reference_factories():
     return factories
 
 
-# Measured at the default budget (300 steps, lr 0.1, 2 threads): EvoNorm-S0 reaches
-# 78.2% on resnet and 79.3% on mobilenetv2, short of the 80% target (issue 3 stays open
-# on this point). lr 0.05 lifts resnet to 81.8% but not mobilenetv2 (78.7%); 400 steps
-# lift S0/mobilenetv2 to 80.9% but drop EvoNorm-B0/mobilenetv2 to 55%. Marked, not hidden:
-# these cases still run and report their accuracy.
-KNOWN_SHORT = {("resnet", "evonorm-s0"), ("mobilenetv2", "evonorm-s0")}
-
-
-def _cases():
-    for arch in PROXY_NAMES:
-        for layer in _reference_factories():
-            marks = [pytest.mark.xfail(reason="known shortfall, see KNOWN_SHORT", strict=False)] \
-                if (arch, layer) in KNOWN_SHORT else []
-            yield pytest.param(arch, layer, marks=marks)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,layer", list(_cases()))
+@pytest.mark.parametrize("arch", PROXY_NAMES)
+@pytest.mark.parametrize("layer", list(_reference_factories()))
 def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
+    # measured with one thread: 84.5-88.2% for the formula layers (EvoNorm-S0 lowest on mobilenetv2)
     from evaluators.datasets import SYSTEM_FASHION_MNIST
     assert (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), \
         "apt-get install dataset-fashion-mnist (.ci/setup does)"

@@ -66,3 +66,23 @@ def test_retrain_in_worker_processes_matches_in_process(run_dir, tmp_path, capsy
     assert (abs(pooled["test_acc"] - single["test_acc"]) <= 0.05).all()
     assert pooled["test_acc"].between(0, 1).all()
     assert main(["retrain", str(run_dir), "--workers", "0"]) == 2
+
+
+def test_front_members_with_identical_scores_are_retrained_once(tmp_path):
+    path = tmp_path / "run"
+    info = {"config": {"dataset": "synthetic", "archs": ["resnet", "mobilenetv2"], "steps": 10}, "seed": 0,
+            "archs": ["resnet", "mobilenetv2"],
+            "objectives": [{"column": "acc_resnet", "goal": "max"}, {"column": "acc_mobilenetv2", "goal": "max"}]}
+    members = [("x * gamma + beta", 0.9, 0.7), ("x * v5 + beta", 0.9, 0.7), ("tanh(x) * gamma", 0.7, 0.85)]
+    with RunStore.create(path, info) as store:
+        for i, (formula, a, b) in enumerate(members):
+            g = parse(formula)
+            store.append({"id": i, "formula": str(g), "graph": g.to_json(), "graph_hash": g.hash, "status": "ok",
+                          "acc_resnet": a, "acc_mobilenetv2": b, "params_per_channel": g.params_per_channel,
+                          "uses_batch_stats": g.uses_batch_stats, "poly_degree": g.poly_degree, "seconds": 1.0,
+                          "worker": "w", "created_at": datetime.now(timezone.utc)})
+    argv = ["retrain", str(path), "--top", "2", "--no-baselines", "--archs", "resnet", "--steps", "2",
+            "--trials", "1", "--seeds", "1"]
+    assert main(argv) == 0
+    table = pq.read_table(path / "retrain.parquet").to_pandas()
+    assert list(table["layer"]) == ["#0", "#2"]  # #1 scored exactly like #0: the same run renamed

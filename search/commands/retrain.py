@@ -1,6 +1,7 @@
 """`evonorm retrain DIR --top K`: the fair, longer comparison of front layers and baselines.
 
-For each layer (the K best of the front by mean accuracy, then the baselines
+For each layer (the K best of the front by mean accuracy, skipping members whose
+accuracies equal a better one's to the last digit, then the baselines
 BN-ReLU, GN-ReLU, EvoNorm-B0, EvoNorm-S0) a small Optuna TPE study tunes the
 learning rate on the validation split (mean accuracy over the proxies); the
 layer is then trained with that rate for several seeds on every proxy and
@@ -89,7 +90,16 @@ def _layers(run_, top: int, baselines: bool) -> list[dict]:
     front = run_.front()
     if len(front) and top:
         front = front.assign(_mean=front[run_.acc_columns].mean(axis=1)).sort_values("_mean", ascending=False)
-        for _, row in front.head(top).iterrows():
+        scores = set()
+        for _, row in front.iterrows():
+            if len(layers) == top:
+                break
+            # bit-identical accuracies on every proxy: the same training run under another
+            # name (a renamed vector with the same initial value), not worth training twice
+            score = tuple(row[c] for c in run_.acc_columns)
+            if score in scores:
+                continue
+            scores.add(score)
             graph = Graph.from_json(row["graph"])
             seen.add(graph.hash)
             layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),

@@ -281,3 +281,58 @@ def test_gradcheck_formulas_cover_every_op():
     from primitives.ops import OPS
     used = {node.op for f in GRADCHECK_FORMULAS for node in parse(f).nodes}
     assert used == set(OPS), set(OPS) - used
+
+
+# -- fused standardisations: torch's batch_norm / group_norm kernels against the written-out moments
+
+def _module_from_source(source, name="EvoLayer"):
+    namespace = {}
+    exec(compile(source, "<test>", "exec"), namespace)
+    return namespace[name]
+
+
+@pytest.mark.parametrize("formula,kernel", [
+    ("relu((x - batch_mean(x)) / batch_std(x, eps=0.001) * gamma + beta)", "F.batch_norm"),
+    ("(x - group_mean(x, groups=4)) / group_std(x, groups=4) * v1 + beta", "F.group_norm"),
+    ("tanh((x * v1 - layer_mean(x * v1)) / layer_std(x * v1))", "F.group_norm"),
+    ("(x - instance_mean(x)) / instance_std(x, eps=0.1) * sigmoid(x)", "F.group_norm"),
+])
+@pytest.mark.parametrize("shape", [(6, 8, 5, 5), (3, 8, 1, 1)])
+def test_fused_standardisation_matches_written_out_moments(formula, kernel, shape):
+    from primitives.codegen import generate_source
+    graph = parse(formula)
+    fused_src, plain_src = generate_source(graph), generate_source(graph, fuse=False)
+    assert kernel in fused_src and "F." not in plain_src
+    torch.manual_seed(0)
+    fused = _module_from_source(fused_src)(8).double()
+    plain = _module_from_source(plain_src)(8).double()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.uniform_(0.5, 1.5)
+    plain.load_state_dict(fused.state_dict())  # same parameter and buffer names
+    for step in range(3):
+        x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+        outs = []
+        for layer in (fused, plain):
+            layer.zero_grad()
+            y = layer(x)
+            weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+            g, *grads = torch.autograd.grad((y * weights).sum(), [x, *layer.parameters()])
+            outs.append((y.detach(), g, grads))
+        assert torch.allclose(outs[0][0], outs[1][0], atol=1e-10), step
+        assert torch.allclose(outs[0][1], outs[1][1], atol=1e-9), step
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(outs[0][2], outs[1][2])), step
+    for (name, a), (_, b) in zip(fused.state_dict().items(), plain.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-12), name
+    fused.eval(), plain.eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    assert torch.allclose(fused(x), plain(x), atol=1e-10)
+
+
+def test_standardisation_pieces_used_elsewhere_are_not_fused():
+    from primitives.codegen import generate_source
+    for formula in ["(x - batch_mean(x)) / batch_std(x) + batch_var(x)",   # the variance is used again
+                    "(x - batch_mean(x)) / batch_std(x) * batch_mean(x)",  # so is the mean
+                    "(x - batch_mean(x)) / layer_std(x)",                  # two axes
+                    "(x - channel_mean(x)) / channel_std(x)"]:             # no kernel over channels
+        assert "F." not in generate_source(parse(formula)), formula

@@ -9,12 +9,15 @@ permutations, augmented on the device from the second epoch on, see
 validation (or test) split in eval mode.
 
 Default budget (300 steps of 128, lr 0.1, 15% warm-up, unaugmented first
-epoch), measured on the Fashion-MNIST validation split, seed 0, one thread:
+epoch): validation accuracy on Fashion-MNIST, seed 0, 2 threads, and wall time
+of the three proxies (benchmarks/train_speed.py --full, before the generator
+fused standardisations into torch's kernels):
 
-                 resnet  mobilenetv2  efficientnet
-    BN-ReLU       88.1      87.2         86.6
-    EvoNorm-B0    86.0      87.0         88.0
-    EvoNorm-S0    81.9      85.5         85.7
+                 resnet  mobilenetv2  efficientnet   three proxies
+    torch BN-ReLU  88.7      86.8         86.5            38.4 s
+    BN-ReLU        88.6      86.8         87.6            59.5 s
+    EvoNorm-B0     86.0      87.2         87.9            96.8 s
+    EvoNorm-S0     82.3      85.5         85.7            60.5 s
 
 With a 5% warm-up EvoNorm-B0 on efficientnet stalled at 77.9% (seed 1: 87.2%);
 with every epoch augmented EvoNorm-S0 reached 78.2% on resnet and 79.3% on
@@ -31,19 +34,21 @@ same seed, layer and thread count give the same accuracy, bit for bit.
 
 torch.compile (``compile="auto"``)
 ----------------------------------
-Measured on the 2-core CPU with one thread (benchmarks/train_speed.py --threads 1,
-Fashion-MNIST, batch 128, images/s; ratio to eager torch BN-ReLU, 2370 img/s on
-the resnet proxy; compile time in brackets):
+Measured on the 2-core CPU with 2 threads (benchmarks/train_speed.py --archs
+resnet; Fashion-MNIST, batch 128, images/s; ratio to eager torch BN-ReLU, 3528
+img/s; compile time in brackets):
 
-    resnet       formula BN-ReLU eager 1444 (0.61x)  compiled 2958 (1.25x) [28.8 s]
-                 EvoNorm-B0      eager 1168 (0.49x)  compiled 2530 (1.07x) [29.1 s]
-                 EvoNorm-S0      eager 1657 (0.70x)  compiled 2564 (1.08x) [29.3 s]
-    mobilenetv2  formula BN-ReLU eager  872          compiled 2035 [56.6 s]
-                 EvoNorm-B0      eager  529
+    resnet       torch BN-ReLU   compiled 5706 (1.62x) [23.2 s]
+                 EvoNorm-B0      eager 2457 (0.70x)  compiled 4667 (1.32x) [18.3 s]
+                 EvoNorm-S0      eager 3415 (0.97x)  compiled 4599 (1.30x) [14.6 s]
+
+An earlier run with one thread and the first generator (torch.var_mean, plain
+divisions): formula BN-ReLU eager 0.61x, compiled 1.25x [28.8 s]; mobilenetv2
+compiled in 56.6 s.
 
 Compiled candidate layers thus train at or above eager torch BN-ReLU speed, but
-compiling the training graph costs 30-60 s per proxy on this CPU, more than
-the whole eager default training (about 25-80 s per proxy). Every candidate is
+compiling the training graph costs 15-60 s per proxy on this CPU, about as much
+as or more than the whole eager default training (12-40 s per proxy). Every candidate is
 a new graph, so the inductor cache does not help a search. Compiling pays once
 a training sees about 80-120 thousand images (breakeven: compile seconds /
 (1/eager - 1/compiled) per image). The rule for ``auto``:

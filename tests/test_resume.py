@@ -67,7 +67,10 @@ def test_ctrl_c_flushes_and_exits_130(tmp_path):
     cmd = [c for c in SEARCH if c != "--quiet"]
     proc = subprocess.Popen(cmd + ["--budget", "100000", "--out", str(run_dir), "--flush-every", "100000",
                                    "--flush-seconds", "100000", "--surrogate-seconds", "0.01"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as at a terminal, even when the tests run in a background job
+                            # (which starts every child with SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stderr:          # progress lines: "[done/budget] ..."
         if line.startswith("[") and int(line[1:line.index("/")]) >= 10:
             break

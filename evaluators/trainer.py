@@ -133,7 +133,7 @@ class TrainConfig:
             problems.append(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction!r}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
-        if self.augment not in ("auto", True, False):
+        if self.augment not in AUGMENT_FROM_EPOCH:
             problems.append(f"augment must be 'auto', True or False, got {self.augment!r}")
         if self.compile not in ("auto", True, False):
             problems.append(f"compile must be 'auto', True or False, got {self.compile!r}")

@@ -107,11 +107,11 @@ def _emit_body(graph: Graph, m: _Module, fuse: bool = True) -> list[str]:
         return (i != graph.output and len(users) == 1 and nodes[i].spec.kind in _INLINE
                 and nodes[users[0]].spec.kind in _INLINE_INTO)
 
-    fused = _fused_standardisations(graph, consumers) if fuse else {}
+    moment_groups = _group_moments(graph)
+    fused = _fused_standardisations(graph, consumers, moment_groups) if fuse else {}
     absorbed = {j for parts in fused.values() for j in parts[1:]}
     exprs: list[tuple[str, int]] = []  # (code, precedence) per node
     reciprocals: dict[int, str] = {}   # std moment node -> its reciprocal, written with rsqrt
-    moment_groups = _group_moments(graph)
     emitted_groups = {}
     units = 0
     for i, node in enumerate(nodes):
@@ -177,7 +177,7 @@ def _emit_body(graph: Graph, m: _Module, fuse: bool = True) -> list[str]:
     return [text for text, _ in exprs]
 
 
-def _fused_standardisations(graph: Graph, consumers) -> dict[int, tuple[int, int, int, int]]:
+def _fused_standardisations(graph: Graph, consumers, moment_groups) -> dict[int, tuple[int, int, int, int]]:
     """div node -> (source, sub, mean, std) for each `(s - AXIS_mean(s)) / AXIS_std(s)` over
     the batch, group, layer or instance axis whose pieces are used nowhere else. These
     become one call of torch's fused kernel (batch_norm, group_norm), whose forward and
@@ -191,22 +191,20 @@ def _fused_standardisations(graph: Graph, consumers) -> dict[int, tuple[int, int
         if nodes[sub].op != "sub" or nodes[std].spec.kind != "moment" or nodes[std].spec.stat != "std":
             continue
         source, mean = nodes[sub].inputs
-        mn, sd = nodes[mean], nodes[std]
-        if (mn.spec.kind != "moment" or mn.spec.stat != "mean" or mn.spec.axis != sd.spec.axis
-                or sd.spec.axis == "channel" or mn.inputs != (source,) or sd.inputs != (source,)
-                or mn.attrs.get("groups") != sd.attrs.get("groups") or graph.shapes[source] != FULL):
+        if nodes[mean].spec.kind != "moment" or nodes[mean].spec.stat != "mean":
             continue
-        if consumers[sub] != [d] or consumers[mean] != [sub] or consumers[std] != [d]:
+        # the mean and std are the whole of one reduction group (same input, axis, groups)
+        group = sorted(j for j, g in moment_groups.items() if g == moment_groups[std])
+        if (group != sorted((mean, std)) or nodes[std].inputs != (source,)
+                or nodes[std].spec.axis == "channel" or graph.shapes[source] != FULL):
             continue
-        siblings = [j for j in consumers[source] if nodes[j].spec.kind == "moment"
-                    and nodes[j].spec.axis == sd.spec.axis and nodes[j].attrs.get("groups") == sd.attrs.get("groups")]
-        if sorted(siblings) == sorted((mean, std)):  # no other moment shares their reduction
+        if consumers[sub] == [d] and consumers[mean] == [sub] and consumers[std] == [d]:
             found[d] = (source, sub, mean, std)
     return found
 
 
 def _emit_fused(graph: Graph, parts, source: str, moment_groups, m: _Module) -> str:
-    _, _, mean, std = parts
+    std = parts[3]
     node = graph.nodes[std]
     axis, eps, k = node.spec.axis, node.attrs["eps"], moment_groups[std]
     m.functional = True

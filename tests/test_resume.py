@@ -61,10 +61,15 @@ def test_sigkill_then_resume_gives_exactly_n_records(tmp_path):
     assert set(parents) <= set(after.index)
 
 
-def test_ctrl_c_flushes_and_exits_130(tmp_path):
-    """Nothing is flushed before Ctrl-C (huge flush thresholds); after it, the records are there."""
+@pytest.mark.parametrize("executor,stop", [("local", signal.SIGINT), ("ray", signal.SIGTERM)])
+def test_ctrl_c_or_kill_flushes_and_exits_130(tmp_path, executor, stop):
+    """Nothing is flushed before Ctrl-C or `kill` (huge flush thresholds); after it, the records
+    are there. With Ray, SIGTERM must reach our handler, not the one ray.init installs."""
     run_dir = tmp_path / "run"
     cmd = [c for c in SEARCH if c != "--quiet"]
+    cmd[cmd.index("local")] = executor
+    if executor == "ray":
+        cmd += ["--workers", "1"]
     proc = subprocess.Popen(cmd + ["--budget", "100000", "--out", str(run_dir), "--flush-every", "100000",
                                    "--flush-seconds", "100000", "--surrogate-seconds", "0.01"],
                             stderr=subprocess.PIPE, text=True,
@@ -75,7 +80,7 @@ def test_ctrl_c_flushes_and_exits_130(tmp_path):
         if line.startswith("[") and int(line[1:line.index("/")]) >= 10:
             break
     assert not list((run_dir / "candidates").glob("part-*.parquet"))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume" in err

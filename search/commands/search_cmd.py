@@ -141,7 +141,6 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
 
     records = []
     store = executor = None
-    _stop_on_sigterm()
     try:
         if not create:
             try:
@@ -155,6 +154,7 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
                 return 0
         screen = make_screen(evaluator_spec(config))
         executor = make_executor(config)
+        _stop_on_sigterm()  # after the executor: ray.init installs a SIGTERM handler of its own
         if create:
             try:
                 store = RunStore.create(run_dir, run_info(config), **_store_options(config))

@@ -8,6 +8,7 @@ then it comes back as `failed`) and a fresh actor takes the dead one's slot.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -33,12 +34,38 @@ class _Worker:
         return safe_train(self.evaluator, graph_json), self.name
 
 
-def code_runtime_env() -> dict:
-    """Ship this project's packages to a remote cluster's workers."""
+def _job_runtime_env() -> dict | None:
+    """The runtime env of the Ray job this driver runs in (`ray job submit`), or None outside one.
+    The job supervisor hands it to the entrypoint in RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    text = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not text:
+        return None
+    try:
+        return json.loads(text).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def code_runtime_env() -> dict | None:
+    """What ships this project's packages to a remote cluster's workers: their directories as
+    paths (Ray deep-copies a runtime env to merge it with a job's, and module objects do not
+    copy). None when the job already carries them: a `ray job submit --working-dir .` of this
+    checkout runs the driver from the unpacked working dir, which Ray gives every worker too;
+    and a job that ships py_modules of its own would conflict with ours."""
     import evaluators
     import primitives
     import search
-    return {"py_modules": [primitives, evaluators, search]}
+    dirs = [os.path.dirname(os.path.abspath(m.__file__)) for m in (primitives, evaluators, search)]
+    job_env = _job_runtime_env()
+    if job_env is not None:
+        if job_env.get("py_modules"):
+            return None
+        here = os.path.realpath(os.getcwd())
+        if job_env.get("working_dir") and all(
+                os.path.commonpath([here, os.path.realpath(d)]) == here for d in dirs):
+            return None
+    return {"py_modules": dirs}
 
 
 def init_ray(address: str | None = None, ship_code: bool | None = None, num_cpus: int | None = None) -> bool:
@@ -50,8 +77,9 @@ def init_ray(address: str | None = None, ship_code: bool | None = None, num_cpus
     if address:
         if ship_code is None:
             ship_code = True
-        if ship_code:
-            kwargs["runtime_env"] = code_runtime_env()
+        runtime_env = code_runtime_env() if ship_code else None
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
         kwargs.pop("include_dashboard")
         ray.init(address=address, **kwargs)
     else:

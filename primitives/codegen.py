@@ -23,6 +23,12 @@ from .graph import Graph
 from .ops import FULL, VECTOR_INIT, get_op
 
 _HELPERS = {
+    "upcast": '''
+def _upcast(t):
+    """Half-precision input (under autocast) is computed on in float32: moments summed in
+    bfloat16 lose precision, and running estimates are float32 buffers."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+''',
     "divisor": '''
 def _largest_divisor(n, cap):
     """The largest divisor of n that is not above cap (group counts)."""
@@ -87,14 +93,18 @@ def generate_source(graph: Graph, class_name: str = "EvoLayer", header: str | No
     lines += [f"        self.{k} = {v}" for k, v in m.ints.items()]
     lines += ["", "    def forward(self, x):"]
     lines += [f"        {line}" for line in m.prologue + m.body]
-    lines += [f"        return {names[graph.output]}", ""]
+    lines += [f"        return {names[graph.output]}.to(dtype)", ""]
     return "\n".join(lines)
 
 
 def _emit_body(graph: Graph, m: _Module, fuse: bool = True) -> list[str]:
     """Fill `m` with the forward statements; return each node's expression."""
     nodes, shapes = graph.nodes, graph.shapes
-    m.prologue += ["sp = tuple(range(2, x.dim()))", "pshape = (1, -1) + (1,) * len(sp)"]
+    # mixed precision: compute in float32 (a no-op in float32 and float64), answer in the
+    # input's dtype, as torch's BatchNorm does under autocast
+    m.helpers.add("upcast")
+    m.prologue += ["dtype = x.dtype", "x = _upcast(x)",
+                   "sp = tuple(range(2, x.dim()))", "pshape = (1, -1) + (1,) * len(sp)"]
     consumers = [[] for _ in nodes]
     for i, node in enumerate(nodes):
         for j in node.inputs:

@@ -4,6 +4,7 @@
     executor.submit(candidate_id, graph_json)
     executor.wait(timeout) -> [Finished]    # what finished; [] when nothing did in time
     executor.in_flight                      # submitted and not yet returned by wait
+    executor.describe()                     # its part of the progress line, or None
     executor.close()
 
 `LocalExecutor` trains in this process, one candidate at a time, inside
@@ -73,6 +74,10 @@ class Executor:
     @property
     def in_flight(self) -> int:
         raise NotImplementedError
+
+    def describe(self) -> str | None:
+        """The progress line's word on what this executor is doing (None: the driver's count)."""
+        return None
 
     def close(self) -> None:
         pass

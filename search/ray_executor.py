@@ -2,9 +2,12 @@
 
 One actor per GPU by default (fractions with `gpus_per_worker`), or one
 CPU actor (num_cpus=1) per CPU when the cluster has no GPU. A candidate is
-dispatched the moment a worker is idle. When a worker process dies, its
-candidate goes back to the front of the queue (up to `max_retries` times,
-then it comes back as `failed`) and a fresh actor takes the dead one's slot.
+dispatched the moment a worker is idle. When a worker dies (its process, or
+its whole node), its candidate goes back to the front of the queue for any
+live worker (up to `max_retries` times, then it comes back as `failed`) and a
+fresh actor is asked for in the dead one's slot; that actor counts as a worker
+once Ray has placed it and it has built its evaluator. With no worker alive
+the executor waits for the cluster to come back rather than give up.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ class _Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def pid(self) -> int:
+        return os.getpid()
+
+    def ready(self) -> int:
+        """Answers once the actor is placed and its evaluator built (Ray runs methods only
+        after __init__): the executor counts it as a worker from then on."""
         return os.getpid()
 
     def train(self, graph_json: str) -> tuple[dict, str]:
@@ -87,7 +95,19 @@ def init_ray(address: str | None = None, ship_code: bool | None = None, num_cpus
     return True
 
 
+class WorkerStartError(RuntimeError):
+    """A worker actor raised while building its evaluator: the cluster, not a candidate, is wrong."""
+
+
 class RayExecutor(Executor):
+    """Worker slots, each in exactly one state: starting (its actor is created, but not yet
+    placed on a node or still building its evaluator), idle, or training one candidate.
+
+    Only idle slots get candidates, so a replacement that cannot be placed (its node is
+    gone and no other has room) holds no candidate hostage: the candidate waits in the queue
+    for any live worker, and the replacement joins when Ray places it (the node rejoins, or
+    the autoscaler adds one for its pending resource demand)."""
+
     def __init__(self, spec: dict, workers: int | None = None, gpus_per_worker: float | None = None,
                  address: str | None = None, max_retries: int = 2, ship_code: bool | None = None):
         import ray
@@ -105,18 +125,22 @@ class RayExecutor(Executor):
             workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(resources.get("CPU", 1))
             workers = max(1, workers)
         self.spec = {**spec, "gpu": gpus_per_worker > 0, "threads": 1}
-        self.capacity = workers
+        self.capacity = workers               # workers asked for; the driver keeps this many in flight
         self.max_retries = max_retries
         # max_concurrency=2: pid() answers while train() runs (one train per actor at a time:
         # the executor only dispatches to idle slots)
         self._actor_cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=0,
                                      max_task_retries=0, max_concurrency=2)(_Worker)
-        self._actors = [self._actor_cls.remote(self.spec) for _ in range(workers)]
-        self._idle = deque(range(workers))
+        self._actors: dict = {}               # slot -> actor handle (starting or ready)
+        self._starting: dict = {}             # ready() ObjectRef -> slot, until the actor answers
+        self._pids: dict[int, int] = {}       # slot -> worker pid, for ready slots (idle or training)
+        self._idle: deque = deque()           # ready slots with nothing to train
         self._queue: deque = deque()          # (candidate_id, graph_json) waiting for a worker
         self._running: dict = {}              # ObjectRef -> (slot, candidate_id, graph_json)
         self.retries: Counter = Counter()
         self.replaced = 0
+        for slot in range(workers):
+            self._start(slot)
 
     # -- the interface ------------------------------------------------------------------------
     def submit(self, candidate_id: int, graph_json: str) -> None:
@@ -127,47 +151,45 @@ class RayExecutor(Executor):
     def in_flight(self) -> int:
         return len(self._queue) + len(self._running)
 
+    @property
+    def workers_ready(self) -> int:
+        return len(self._pids)
+
     def wait(self, timeout: float | None = None) -> list[Finished]:
+        """What finished within `timeout`; also takes in workers that became ready meanwhile."""
         self._dispatch()
-        if not self._running:
+        refs = [*self._running, *self._starting]
+        if not refs:
             return []
-        ready, _ = self._ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)
         if ready:
-            ready, _ = self._ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
+            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
         out = []
         for ref in ready:
-            slot, candidate_id, graph_json = self._running.pop(ref)
-            try:
-                result, worker = self._ray.get(ref)
-            except self._died as err:
-                self._replace(slot)
-                self.retries[candidate_id] += 1
-                if self.retries[candidate_id] > self.max_retries:
-                    out.append(Finished(candidate_id, {
-                        "status": "failed", "seconds": 0.0,
-                        "reason": f"worker died {self.retries[candidate_id]} times: {type(err).__name__}"},
-                        f"ray-slot{slot}"))
-                else:
-                    self._queue.appendleft((candidate_id, graph_json))
-                continue
-            except self._ray.exceptions.RayError as err:  # anything else is this candidate's failure
-                self._idle.append(slot)
-                out.append(Finished(candidate_id, {"status": "failed", "seconds": 0.0,
-                                                   "reason": f"{type(err).__name__}: {err}"[:300]},
-                                    f"ray-slot{slot}"))
-                continue
-            self._idle.append(slot)
-            out.append(Finished(candidate_id, result, worker))
+            if ref in self._starting:
+                self._take_in(ref)
+            else:
+                out.extend(self._collect(ref))
         self._dispatch()
         return out
 
+    def describe(self) -> str:
+        """For the progress line: candidates training and waiting for a worker, and the live
+        workers when fewer than asked for (a lost node, or a cluster still starting)."""
+        text = f"training {len(self._running)} | queued {len(self._queue)}"
+        if self.workers_ready < self.capacity:
+            text += f" | workers {self.workers_ready}/{self.capacity}"
+            if not self.workers_ready:
+                text += ", waiting for the cluster"
+        return text
+
     def close(self) -> None:
-        for actor in self._actors:
+        for actor in self._actors.values():
             try:
                 self._ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self._actors, self._running = [], {}
+        self._actors, self._running, self._starting = {}, {}, {}
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
 
@@ -179,23 +201,81 @@ class RayExecutor(Executor):
             ref = self._actors[slot].train.remote(graph_json)
             self._running[ref] = (slot, candidate_id, graph_json)
 
+    def _start(self, slot: int) -> None:
+        """A new actor for `slot`; Ray places it when some node has room."""
+        actor = self._actor_cls.remote(self.spec)
+        self._actors[slot] = actor
+        self._starting[actor.ready.remote()] = slot
+
+    def _take_in(self, ref) -> None:
+        """A starting actor answered: it is a worker now, or it died before it got there."""
+        slot = self._starting.pop(ref)
+        try:
+            self._pids[slot] = self._ray.get(ref)
+        except self._died as err:
+            if getattr(err, "actor_init_failed", False):
+                raise WorkerStartError(f"a Ray worker could not build its evaluator: "
+                                       f"{str(err).strip().splitlines()[-1]}") from None
+            self._start(slot)           # its node went away before it was ready: ask again
+            return
+        self._idle.append(slot)
+
+    def _collect(self, ref) -> list[Finished]:
+        """The outcome of one train call. A dead worker's candidate goes back to the front of
+        the queue (for any live worker) until it has cost `max_retries` workers."""
+        slot, candidate_id, graph_json = self._running.pop(ref)
+        try:
+            result, worker = self._ray.get(ref)
+        except self._died as err:
+            self._replace(slot)
+            self.retries[candidate_id] += 1
+            if self.retries[candidate_id] <= self.max_retries:
+                self._queue.appendleft((candidate_id, graph_json))
+                return []
+            return [Finished(candidate_id, {
+                "status": "failed", "seconds": 0.0,
+                "reason": f"worker died {self.retries[candidate_id]} times: {type(err).__name__}"},
+                f"ray-slot{slot}")]
+        except self._ray.exceptions.RayError as err:  # anything else is this candidate's failure
+            self._idle.append(slot)
+            return [Finished(candidate_id, {"status": "failed", "seconds": 0.0,
+                                            "reason": f"{type(err).__name__}: {err}"[:300]},
+                             f"ray-slot{slot}")]
+        self._idle.append(slot)
+        return [Finished(candidate_id, result, worker)]
+
     def _replace(self, slot: int) -> None:
         try:
             self._ray.kill(self._actors[slot])
         except Exception:  # noqa: BLE001
             pass
-        self._actors[slot] = self._actor_cls.remote(self.spec)
-        self._idle.append(slot)
+        self._pids.pop(slot, None)
+        self._start(slot)
         self.replaced += 1
 
-    def worker_pids(self, timeout: float = 60.0) -> list[int]:
-        """The process id of each worker actor (fault tests kill one by pid)."""
-        return self._ray.get([a.pid.remote() for a in self._actors], timeout=timeout)
+    def worker_pids(self, timeout: float = 60.0) -> dict[int, int]:
+        """slot -> process id of each ready worker (fault tests kill one by pid); waits up to
+        `timeout` for the workers still starting."""
+        try:
+            self.wait_ready(timeout)
+        except TimeoutError:
+            pass
+        return dict(self._pids)
 
     def running(self) -> dict[int, int]:
-        """candidate id -> worker slot (an index into worker_pids()) of what is training now."""
+        """candidate id -> worker slot (a key of worker_pids()) of what is training now."""
         return {cid: slot for slot, cid, _ in self._running.values()}
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until every worker has built its evaluator."""
-        self.worker_pids(timeout)
+        """Block until every slot has a ready worker (TimeoutError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while self._starting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(self._starting)} of {self.capacity} workers not ready "
+                                   f"after {timeout:.0f} s")
+            ready, _ = self._ray.wait(list(self._starting), num_returns=len(self._starting),
+                                      timeout=left)
+            for ref in ready:
+                self._take_in(ref)
+        self._dispatch()

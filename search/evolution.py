@@ -32,12 +32,13 @@ from datetime import datetime, timezone
 
 from primitives import Graph, GraphError, parse
 
+from .hurdles import Hurdles
 from .modes import Mode
 from .mutation import mutate
 from .pareto import pareto_mask
 from .selection import Member, Population, tournament
 
-STATUSES = ("ok", "invalid", "duplicate", "equivalent", "unstable", "low_quality", "failed")
+from evaluators.record import STATUSES
 
 
 def candidate_rng(seed: int, candidate_id: int) -> random.Random:
@@ -81,17 +82,23 @@ class Driver:
         self.held: dict[int, list] = defaultdict(list)  # original id -> records waiting for its scores
         self.held_on: dict[int, int] = {}     # held id -> the training id it waits for
         self.graphs: dict[int, Graph] = {}    # pending id -> graph (joins the population when ok)
+        self.rung_steps = config.rung_steps(total_steps(config))
+        self.hurdles = Hurdles(len(self.rung_steps), config.hurdle_share, config.hurdle_window)
+        self.rung: dict[int, int] = {}        # pending id -> the rung it is training towards
         self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
         self.started = time.monotonic()
         self._last_report = 0.0
         self._last_state, self._last_line = "", 0.0
 
     # -- resume ------------------------------------------------------------------------------------
-    def restore(self, records) -> None:
+    def restore(self, records, checkpoints=()) -> None:
         """Rebuild from recorded candidates (dicts in id order): Screen memory, known scores,
-        best/front, and the population as the last P `ok` records."""
+        best/front, the hurdles' rung scores, and the population as the last P `ok` records.
+        `checkpoints` ((record, state) of candidates left between rungs) go back to training
+        from where they stopped."""
         ok = []
         for r in records:
+            self._remember_rungs(r)
             self.screen.remember(r)
             accs = {k: r.get(k) for k in self.acc_keys}
             if any(_num(v) is not None for v in accs.values()):
@@ -101,13 +108,26 @@ class Driver:
                 self._update_front(r)
         for r in ok[-self.config.population:]:
             self.population.add(Member(int(r["id"]), Graph.from_json(r["graph"]), self._point(r)))
+        for record, state in checkpoints:
+            cid = int(record["id"])
+            self._remember_rungs(record)
+            self.screen.remember(record)
+            self.pending[cid], self.graphs[cid] = record, Graph.from_json(record["graph"])
+            self.next_id = max(self.next_id, cid + 1)
+            self._submit(cid, int(record["rung"]), state)
+
+    def _remember_rungs(self, record) -> None:
+        rungs = record.get("rung_scores")
+        for i, scores in enumerate(json.loads(rungs) if isinstance(rungs, str) else rungs or []):
+            if i < len(self.rung_steps) - 1 and scores.get("steps") == self.rung_steps[i]:
+                self.hurdles.add(i, [scores[k] for k in self.acc_keys])
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> int:
         """Propose, screen, train and record until the budget is reached. Returns records written."""
         budget = self.config.budget
         written_before = self.done
-        proposed = self.done
+        proposed = self.done + len(self.pending)
         while self.done < budget:
             checked = 0
             while (proposed < budget and self.executor.in_flight < self.executor.capacity
@@ -149,17 +169,18 @@ class Driver:
         screen_seconds = time.perf_counter() - start
         record = {"id": cid, "parent_id": parent_id, "mutation": mutation,
                   **{k: check.get(k) for k in ("formula", "graph", "graph_hash", "params_per_channel",
-                                               "uses_batch_stats", "poly_degree")},
+                                               "uses_batch_stats", "poly_degree",
+                                               "inference_degree")},
                   "status": check.get("status"), "reason": check.get("reason"),
                   "equivalent_to": check.get("equivalent_to"),
-                  **{k: None for k in self.acc_keys},
+                  **{k: None for k in self.acc_keys}, "steps_trained": None,
                   "seconds": screen_seconds, "worker": "driver",
                   "stage_seconds": dict(check.get("stage_seconds") or {})}
         status = record["status"]
         if status is None:
             self.pending[cid] = record
             self.graphs[cid] = graph
-            self.executor.submit(cid, record["graph"])
+            self._submit(cid, 0, None)
         elif status in ("duplicate", "equivalent") and record["equivalent_to"] is not None:
             original = int(record["equivalent_to"])
             original = self.held_on.get(original, original)   # a copy of a copy waits for the same
@@ -172,29 +193,59 @@ class Driver:
         else:
             self._write(record)
 
+    def _submit(self, cid: int, rung: int, state: bytes | None) -> None:
+        """Train candidate `cid` to the end of `rung` (from `state`, the previous rung's)."""
+        self.rung[cid] = rung
+        graph_json = self.pending[cid]["graph"]
+        if len(self.rung_steps) == 1:
+            self.executor.submit(cid, graph_json)
+        else:
+            self.executor.submit(cid, {"graph": graph_json, "steps": self.rung_steps[rung],
+                                       "total": self.rung_steps[-1], "state": state})
+
     def _finish(self, finished) -> None:
-        record = self.pending.pop(finished.candidate_id)
-        graph = self.graphs.pop(finished.candidate_id)
-        result = finished.result
-        record["status"] = result.get("status", "failed")
-        record["reason"] = result.get("reason")
-        for k in self.acc_keys:
-            record[k] = _num(result.get(k))
-        record["seconds"] += float(result.get("seconds") or 0.0)
-        record["stage_seconds"].update(result.get("stage_seconds") or {})
-        record["worker"] = finished.worker
+        cid = finished.candidate_id
+        record, result = self.pending[cid], finished.result
+        _absorb(record, result, self.acc_keys, finished.worker)
+        rung = self.rung.pop(cid, 0)
+        if record["status"] == "ok" and rung < len(self.rung_steps) - 1:
+            if self._clears_hurdle(cid, record, rung, result.get("checkpoint")):
+                return
+        del self.pending[cid]
+        graph = self.graphs.pop(cid)
+        self.store.drop_checkpoint(cid)
         self._write(record)
         accs = {k: record[k] for k in self.acc_keys}
         if record["status"] == "ok" and all(v is not None for v in accs.values()):
             self.population.add(Member(record["id"], graph, self._point(record)))
         for waiting in self.held.pop(record["id"], []):
             del self.held_on[waiting["id"]]
-            waiting.update(accs)
+            waiting.update(accs, steps_trained=record.get("steps_trained"))
             self._write(waiting)
+
+    def _clears_hurdle(self, cid: int, record: dict, rung: int, state: bytes | None) -> bool:
+        """Judge a candidate at the end of a rung against its rung peers: it goes on to the
+        next rung (True, checkpointed for resume) or is `stopped` with the rung's scores."""
+        point = [record[k] for k in self.acc_keys]
+        record.setdefault("rung_scores", []).append(
+            {"steps": self.rung_steps[rung], **{k: record[k] for k in self.acc_keys}})
+        if any(v is None for v in point) or state is None:
+            record.update(status="failed", reason=f"no scores or state at rung {rung}")
+            return False
+        verdict = self.hurdles.judge(rung, point)
+        self.hurdles.add(rung, point)
+        if not verdict.passed:
+            record.update(status="stopped", reason=f"{verdict.reason} ({self.rung_steps[rung]} steps)")
+            return False
+        self.store.save_checkpoint(cid, {**record, "rung": rung + 1}, state)
+        self._submit(cid, rung + 1, state)
+        return True
 
     def _write(self, record: dict) -> None:
         record["created_at"] = datetime.now(timezone.utc)
         record["stage_seconds"] = json.dumps(record.get("stage_seconds") or {}, sort_keys=True)
+        if isinstance(record.get("rung_scores"), list):
+            record["rung_scores"] = json.dumps(record["rung_scores"])
         self.store.append(record)
         self.done += 1
         accs = {k: record.get(k) for k in self.acc_keys}
@@ -229,8 +280,10 @@ class Driver:
         session = sum(self.counts.values())
         funnel = " ".join(f"{s} {self.counts[s]}" for s in STATUSES if self.counts[s])
         best = " ".join(f"{k[4:]} {v:.3f}" for k, v in self.best.items() if v > -math.inf) or "-"
+        describe = getattr(self.executor, "describe", None)   # e.g. "training 1 | queued 1 | workers 1/2"
+        work = (describe() if describe else None) or f"training {len(self.pending)}"
         state = (f"[{self.done}/{self.config.budget}] {session / max(elapsed, 1e-9) * 60:.1f}/min "
-                 f"| {funnel or 'nothing yet'} | training {len(self.pending)} | best {best} "
+                 f"| {funnel or 'nothing yet'} | {work} | best {best} "
                  f"| front {len(self.front)}")
         line = f"{state} | {elapsed:.0f}s"
         if getattr(self.progress, "isatty", lambda: False)():  # one line, redrawn in place
@@ -238,6 +291,29 @@ class Driver:
         elif force or state != self._last_state or now - self._last_line >= 60:  # a log: changes only
             print(line, file=self.progress, flush=True)
             self._last_state, self._last_line = state, now
+
+
+def _absorb(record: dict, result: dict, acc_keys, worker: str) -> None:
+    """Fold a training result (a rung's or the whole) into the candidate's record."""
+    record["status"] = result.get("status", "failed")
+    record["reason"] = result.get("reason")
+    for k in acc_keys:
+        record[k] = _num(result.get(k))
+    record["steps_trained"] = result.get("steps_trained")
+    record["seconds"] += float(result.get("seconds") or 0.0)
+    stages = record["stage_seconds"]
+    for stage, seconds in (result.get("stage_seconds") or {}).items():
+        stages[stage] = stages.get(stage, 0.0) + float(seconds)
+    record["worker"] = worker
+
+
+def total_steps(config) -> int:
+    """Training steps per proxy of a full evaluation (the evaluators' default unless set)."""
+    steps = config.eval_config_dict().get("steps")
+    if steps is None:
+        from evaluators.evaluate import EvalConfig
+        steps = EvalConfig().steps
+    return int(steps)
 
 
 def _num(v):

@@ -8,16 +8,23 @@ when the candidate passed) and never raises for a bad candidate.
    input at its initial parameters, and is not constant in x. A non-finite
    output is reported as ``unstable`` (a numerical failure); the rest as
    ``invalid``.
-2. `Duplicate`: the canonical graph hash was seen before.
-3. `Equivalence`: the layer computes the same function as an earlier one.
-   The fingerprint is the layer's train-mode output, in float64, on fixed
-   probe inputs (different shapes, scales and channel counts, so group counts,
-   eps values and batch/instance axes show) with every learnable vector set to
-   fixed random values seeded by its *name* (so ``x * gamma`` differs from
-   ``x``, while ``(x + v1) * gamma`` equals ``x * gamma + v1 * gamma``). The
-   outputs are sketched by fixed random projections and matched within a
-   relative tolerance far above float64 reassociation error and far below any
-   real difference: no rounding boundary can split two equal layers.
+2. `Duplicate`: the canonical graph hash was seen before, after vectors with
+   the same initial value are renamed canonically (`primitives.canonical`), so
+   ``x * v7 + beta`` is a duplicate of ``x * gamma + beta``.
+3. `Equivalence`: the layer trains like an earlier one. The fingerprint is the
+   layer's train-mode output, in float64, on fixed probe inputs (different
+   shapes, scales and channel counts, so group counts, eps values and
+   batch/instance axes show) along a short deterministic training trajectory:
+   the real initial parameters (vectors at 1 or 0, units at the identity),
+   then `TRAJECTORY_STEPS` normalised gradient steps on a fixed linear probe
+   loss. Two layers match only when they train alike: renamed vectors of one
+   initial value match, dead terms match their absence (``layer_var(beta)``
+   starts at 0 with zero gradient and stays 0), while ``x * gamma`` differs
+   from ``x`` after one step and ``x + beta * gamma`` from ``x + beta`` after
+   two (gamma's gradient is zero until beta moves). The outputs are sketched by
+   fixed random projections and matched within a relative tolerance far above
+   float64 reassociation error and far below any real difference: no rounding
+   boundary can split two equal layers.
 4. `Stability` (the EvoNorms protocol): in a tiny residual network the input
    and each weight tensor get a log-scale; a few steps of sign-gradient ascent
    on the log-scales maximise the gradient norm of the loss. The layer is
@@ -42,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from primitives import Graph, compile_layer, parse
+from primitives.canonical import canonical_hash
 from primitives.library import REFERENCE_LAYERS
 
 PROTOCOLS = ("validity", "duplicate", "equivalence", "stability", "quality")
@@ -132,13 +140,24 @@ PROBES = (
     Probe((3, 20, 4, 4), 0.01, 0.003, 0.5, 12),
     Probe((2, 42, 3, 2), 4.0, 1.0, 0.3, 13),
 )
-SKETCH_DIM = 32          # random projections per probe
+SKETCH_DIM = 32          # random projections per probe and trajectory step
 MATCH_RTOL = 1e-9        # relative to sum(|R| |f|): float64 error is ~1e-15 of that
 HUGE = 1e100             # beyond this a value counts as non-finite
+TRAJECTORY_STEPS = 3     # a gradient that is zero until another vector moves shows at step 2
+STEP_RMS = 0.25          # one step moves a lone vector by this much per channel (RMS)
+GRAD_FLOOR = 1e-6        # gradient norms below this are scaled as if they were this: a
+                         # gradient that is rounding noise around zero stays a tiny step
 
 
 def _probe_inputs():
     return [p.tensor() for p in PROBES]
+
+
+def _upstream():
+    """d(probe loss)/d(output) on the first probe: fixed, random, unit norm."""
+    gen = torch.Generator().manual_seed(PROBES[0].seed + 1000)
+    r = torch.randn(PROBES[0].shape, generator=gen, dtype=torch.float64)
+    return r / r.norm()
 
 
 def _sketch_matrices():
@@ -157,10 +176,10 @@ def _cached(key, make):
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What `Equivalence` compares: sketches and tolerances per probe, and the mask of
-    finite outputs (its digest must match exactly)."""
+    """What `Equivalence` compares: sketches and tolerances per probe and trajectory step,
+    and the mask of finite outputs (its digest must match exactly)."""
 
-    sketch: np.ndarray       # (len(PROBES) * SKETCH_DIM,)
+    sketch: np.ndarray       # (len(PROBES) * (TRAJECTORY_STEPS + 1) * SKETCH_DIM,)
     tolerance: np.ndarray    # same shape
     mask_digest: str
     finite_fraction: float
@@ -170,34 +189,73 @@ class Fingerprint:
         return self.finite_fraction > 0
 
 
-def probe_outputs(graph: Graph) -> list[np.ndarray]:
-    """The layer's float64 train-mode outputs on the probes, with name-seeded parameters."""
-    outputs = []
+def trajectory_outputs(graph: Graph) -> list[np.ndarray]:
+    """Per probe, the layer's float64 train-mode outputs at each step of the probe
+    training, shape (TRAJECTORY_STEPS + 1, probe size).
+
+    The layer for the first probe (the widest) trains: real initial parameters, then
+    steps of gradient descent on the linear loss <upstream, output>, each normalised
+    to a fixed length over all parameters together (so a layer's scale does not set
+    its pace, and no vector's step depends on how the others are split into tensors).
+    The other probes' layers read the first channels of the same parameters."""
+    inputs = _cached("inputs", _probe_inputs)
+    layers = [compile_layer(graph, p.shape[1]).to(torch.float64).train() for p in PROBES]
+    trained = list(layers[0].parameters())
+    mirrors = [list(layer.parameters()) for layer in layers[1:]]
+    step = STEP_RMS * math.sqrt(PROBES[0].shape[1])
+    outputs = [[] for _ in PROBES]
+    live = bool(trained)
+    for t in range(TRAJECTORY_STEPS + 1):
+        with torch.no_grad():
+            for params, layer, x, out in zip(mirrors, layers[1:], inputs[1:], outputs[1:]):
+                for p, q in zip(trained, params):
+                    q.copy_(p[..., :q.shape[-1]])
+                out.append(layer(x).expand_as(x).reshape(-1).numpy())
+        learn = live and t < TRAJECTORY_STEPS
+        with torch.set_grad_enabled(learn):
+            y = layers[0](inputs[0])
+        outputs[0].append(y.detach().expand_as(inputs[0]).reshape(-1).numpy())
+        if learn:
+            live = _descend(trained, y, _cached("upstream", _upstream), step)
+    return [np.stack(out) for out in outputs]
+
+
+def _descend(params, y: torch.Tensor, upstream: torch.Tensor, step: float) -> bool:
+    """One normalised gradient step on <upstream, y> over y's finite values. A gradient
+    that is not finite turns every parameter to NaN, as it would in a real training
+    (the layer's later outputs show it), and returns False: no more steps."""
+    finite = y.detach().abs() < HUGE
+    loss = (torch.where(finite, y, 0.0) * torch.where(finite, upstream, 0.0)).sum()
+    if not loss.requires_grad:
+        return False
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
     with torch.no_grad():
-        for probe, x in zip(PROBES, _cached("inputs", _probe_inputs)):
-            layer = seeded_parameters(compile_layer(graph, probe.shape[1]), torch.float64).train()
-            y = layer(x)
-            if tuple(y.shape) != tuple(x.shape):
-                y = y.expand_as(x)
-            outputs.append(y.numpy().reshape(-1))
-    return outputs
+        for p, g in zip(params, grads):
+            if math.isfinite(norm):
+                p.sub_(g, alpha=step / max(norm, GRAD_FLOOR))
+            else:
+                p.fill_(math.nan)
+    return math.isfinite(norm)
 
 
 def fingerprint(graph: Graph | str) -> Fingerprint:
-    """The functional fingerprint of a layer (see `Equivalence`). Raises on layers that
-    do not run; `Screen` only fingerprints valid ones."""
+    """The training-aware fingerprint of a layer (see `Equivalence`). Raises on layers
+    that do not run; `Screen` only fingerprints valid ones."""
     graph = parse(graph) if isinstance(graph, str) else graph
     matrices = _cached("sketch", _sketch_matrices)
+    magnitudes = _cached("sketch-abs", lambda: [np.abs(r) for r in matrices])
     sketches, tolerances, masks = [], [], []
     finite = total = 0
-    for f, r in zip(probe_outputs(graph), matrices):
+    for f, r, r_abs in zip(trajectory_outputs(graph), matrices, magnitudes):
         with np.errstate(all="ignore"):
             ok = np.abs(f) < HUGE  # False for NaN and infinities too
             # what is not finite: 1 NaN, 2 large positive, 3 large negative
             kind = np.where(ok, 0, np.where(np.isnan(f), 1, np.where(f > 0, 2, 3))).astype(np.uint8)
         clean = np.where(ok, f, 0.0)
-        sketches.append(r @ clean)
-        tolerances.append(MATCH_RTOL * (np.abs(r) @ np.abs(clean)) + 1e-300)
+        sketches.append((clean @ r.T).reshape(-1))
+        tolerances.append((MATCH_RTOL * (np.abs(clean) @ r_abs.T) + 1e-300).reshape(-1))
         masks.append(kind.tobytes())
         finite += int(ok.sum())
         total += ok.size
@@ -304,23 +362,33 @@ def _varies(a: torch.Tensor, b: torch.Tensor) -> bool:
 # -- 2. duplicate ----------------------------------------------------------------------------------
 
 class Duplicate(Protocol):
+    """Same graph as an earlier candidate, up to renaming vectors of one initial value."""
+
     name = "duplicate"
 
     def __init__(self):
         super().__init__()
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, tuple[int, str]] = {}   # canonical hash -> (id, its graph hash)
+
+    @staticmethod
+    def key(graph: Graph) -> str:
+        return canonical_hash(graph)
 
     def check(self, graph: Graph) -> Verdict:
         with self._timing():
-            earlier = self.seen.get(graph.hash)
-            verdict = PASS if earlier is None else Verdict(
-                "duplicate", f"same graph as candidate {earlier}", earlier)
+            earlier = self.seen.get(self.key(graph))
+            if earlier is None:
+                verdict = PASS
+            else:
+                renamed = "" if earlier[1] == graph.hash else " with its vectors renamed"
+                verdict = Verdict("duplicate", f"same graph as candidate {earlier[0]}{renamed}", earlier[0])
         return self._count(verdict)
 
-    def add(self, graph_hash: str, candidate_id: int) -> None:
-        """Remember a hash; the earliest (lowest) id wins."""
-        if graph_hash not in self.seen or candidate_id < self.seen[graph_hash]:
-            self.seen[graph_hash] = candidate_id
+    def add(self, graph: Graph, candidate_id: int) -> None:
+        """Remember a graph; the earliest (lowest) id wins."""
+        key = self.key(graph)
+        if key not in self.seen or candidate_id < self.seen[key][0]:
+            self.seen[key] = (candidate_id, graph.hash)
 
 
 # -- 3. equivalence --------------------------------------------------------------------------------
@@ -341,7 +409,7 @@ class Equivalence(Protocol):
                 fp = None  # validity already ran it; a failure here just skips the protocol
             earlier = self.index.find(fp) if fp is not None else None
             verdict = PASS if earlier is None else Verdict(
-                "equivalent", f"computes the same function as candidate {earlier}", earlier)
+                "equivalent", f"trains like candidate {earlier} (same outputs along the probe training)", earlier)
         return self._count(verdict), fp
 
     def add(self, fp: Fingerprint | None, candidate_id: int) -> None:

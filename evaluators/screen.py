@@ -21,12 +21,14 @@ def describe(graph: Graph) -> dict:
         "params_per_channel": graph.params_per_channel,
         "uses_batch_stats": graph.uses_batch_stats,
         "poly_degree": graph.poly_degree,
+        "inference_degree": graph.inference_degree,
     }
 
 
 def _empty_description(formula) -> dict:
     return {"formula": formula if isinstance(formula, str) else None, "graph": None, "graph_hash": None,
-            "params_per_channel": None, "uses_batch_stats": None, "poly_degree": None}
+            "params_per_channel": None, "uses_batch_stats": None, "poly_degree": None,
+            "inference_degree": None}
 
 
 def to_graph(graph_or_formula) -> Graph:
@@ -77,7 +79,7 @@ class Screen:
             else:
                 verdict = protocol.check(graph)
                 if protocol is self.duplicate and verdict.status is None:
-                    protocol.add(graph.hash, candidate_id)
+                    protocol.add(graph, candidate_id)
             stage_seconds[protocol.name] = protocol.seconds - before
             if verdict.status is not None:
                 break
@@ -85,8 +87,9 @@ class Screen:
                 "equivalent_to": verdict.equivalent_to, "stage_seconds": stage_seconds}
 
     def remember(self, record: dict) -> None:
-        """Rebuild memory from a stored record (needs "graph" JSON and "id"); cheap: no
-        training, one fingerprint for candidates that reached the equivalence protocol."""
+        """Rebuild memory from a stored record (needs "graph" JSON and "id"): its canonical
+        (renamed) key, and its trajectory fingerprint when it reached the equivalence
+        protocol. Cheap: no proxy training, only the fingerprint's few probe steps."""
         text, candidate_id = record.get("graph"), record.get("id")
         if not text or candidate_id is None:
             return
@@ -95,7 +98,7 @@ class Screen:
         except Exception:
             return
         candidate_id = int(candidate_id)
-        self.duplicate.add(graph.hash, candidate_id)
+        self.duplicate.add(graph, candidate_id)
         if record.get("status") in ("invalid", "duplicate", "equivalent"):
             return
         try:

@@ -2,8 +2,8 @@
 
 SGD with (Nesterov) momentum, a linear warm-up then cosine decay to zero, weight
 decay on conv/linear weights only (not on the layers' per-channel vectors),
-optional label smoothing, bf16 autocast on CUDA (fp16 with a scaler where bf16
-is missing). Batches come from `ImageDataset.train_batches` (seeded epoch
+optional label smoothing, mixed precision (see below).
+Batches come from `ImageDataset.train_batches` (seeded epoch
 permutations, augmented on the device from the second epoch on, see
 `AUGMENT_FROM_EPOCH`). Evaluation is one pass over the
 validation (or test) split in eval mode.
@@ -35,6 +35,17 @@ becomes a reason too.
 Determinism: `build_and_train` seeds the model initialisation and the data
 order from `config.seed` (without disturbing the global RNG), so on CPU the
 same seed, layer and thread count give the same accuracy, bit for bit.
+
+Mixed precision and the GPU branches (``amp``, ``check_every``)
+--------------------------------------------------------------
+``amp="auto"`` autocasts to bfloat16 on CUDA (float16 with a loss scaler where
+the GPU lacks bfloat16) and trains in float32 on CPU; ``"bf16"``/``"fp16"`` ask
+for it on any device, so every CUDA branch (autocast, the scaler, compiling
+under autocast) runs on CPU too. Generated layers compute in float32 under
+autocast and answer in their input's dtype (primitives.codegen). The loss is
+checked for non-finite values every ``check_every`` steps, a host sync on a
+GPU (``"auto"``: every 25 steps on CUDA, every step on CPU); the first bad
+step is still the one reported.
 
 torch.compile (``compile="auto"``)
 ----------------------------------
@@ -90,9 +101,11 @@ from .proxies import build_proxy
 # proxy): 168 s compiled against 93 s eager for the three proxies. Every
 # candidate is a new graph, so nothing amortises; longer runs (retrain) do.
 AUTO_COMPILE_MIN_IMAGES = 150_000
-# On CUDA, check the loss for non-finite values every this many steps (a host sync);
-# on CPU every step.
+# check_every="auto": check the loss for non-finite values every this many steps on
+# CUDA (a host sync per check), every step on CPU (no sync to save).
 CUDA_CHECK_EVERY = 25
+# TrainConfig.amp -> autocast dtype; "auto" is bf16 on CUDA (fp16 without bf16), off on CPU
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 # TrainConfig.augment -> the first augmented epoch (None: never). Random crops
 # fight overfitting to images seen before; in its first epoch a network has seen
@@ -116,7 +129,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     compile: str | bool = "auto"         # "auto" | True | False
-    amp: bool = True                     # autocast on CUDA only
+    amp: bool | str = "auto"             # "auto" (True) | "bf16" | "fp16" | "off" (False), see above
+    check_every: int | str = "auto"      # steps between non-finite loss checks; "auto": 25 on CUDA, 1 on CPU
     eval_batch_size: int = 1000
     augment: bool | str = "auto"         # "auto": from the second epoch on; True: always; False: never
     threads: int | None = None           # torch intra-op threads during this training (restored after)
@@ -137,11 +151,30 @@ class TrainConfig:
             problems.append(f"augment must be 'auto', True or False, got {self.augment!r}")
         if self.compile not in ("auto", True, False):
             problems.append(f"compile must be 'auto', True or False, got {self.compile!r}")
+        if self.amp not in (True, False, "auto", *AMP_DTYPES):
+            problems.append(f"amp must be 'auto', 'bf16', 'fp16', 'off', True or False, got {self.amp!r}")
+        if self.check_every != "auto" and (isinstance(self.check_every, bool)
+                                           or not isinstance(self.check_every, int) or self.check_every < 1):
+            problems.append(f"check_every must be 'auto' or a positive integer, got {self.check_every!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             problems.append(f"threads must be a positive integer or None, got {self.threads!r}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def amp_dtype(self, device) -> torch.dtype | None:
+        """The autocast dtype of a training on `device`; None trains in full precision."""
+        amp = {True: "auto", False: "off"}.get(self.amp, self.amp)
+        if amp != "auto":
+            return AMP_DTYPES[amp]
+        if torch.device(device).type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def check_interval(self, device) -> int:
+        if self.check_every != "auto":
+            return self.check_every
+        return CUDA_CHECK_EVERY if torch.device(device).type == "cuda" else 1
 
     def lr_at(self, step: int) -> float:
         warm = int(self.steps * self.warmup_fraction)
@@ -208,7 +241,7 @@ def evaluate_accuracy(model: nn.Module, dataset, split: str = "val", batch_size:
     correct = total = 0
     try:
         for x, y in dataset.eval_batches(split, batch_size):
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(x)
             if not bool(torch.isfinite(out).all()):
                 return None, f"non-finite output in evaluation on {split}"
@@ -258,10 +291,8 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
     try:
         model = model.to(device).train()
         cuda = device.type == "cuda"
-        amp_dtype = None
-        if cuda and config.amp:
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        amp_dtype = config.amp_dtype(device)
+        scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]
         opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
@@ -271,10 +302,10 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
         batches = dataset.train_batches(config.batch_size, gen, AUGMENT_FROM_EPOCH[config.augment])
         net = _compile(model) if should_compile(model, config, device) else model
         compiled = net is not model
-        check_every = CUDA_CHECK_EVERY if cuda else 1
+        check_every = config.check_interval(device)
 
         def run_step(net, x, y):
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:

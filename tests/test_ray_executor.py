@@ -166,7 +166,8 @@ def test_search_against_a_ray_head_on_loopback(tmp_path):
     process group (not `ray stop`, which would stop every Ray on the machine)."""
     port = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")   # short: Ray's unix socket paths
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     head = subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                              "--num-cpus", "2", "--temp-dir", temp_dir, "--include-dashboard=false",
                              "--disable-usage-stats", "--block"],

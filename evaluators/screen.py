@@ -7,6 +7,8 @@ no dataset and no trainer, so the driver imports it without the training stack.
 """
 from __future__ import annotations
 
+import json
+
 from primitives import FormulaError, Graph, GraphError, parse
 
 from .protocols import Duplicate, Equivalence, Stability, Validity, fingerprint
@@ -38,6 +40,23 @@ def to_graph(graph_or_formula) -> Graph:
     if isinstance(graph_or_formula, str) and graph_or_formula.lstrip().startswith("{"):
         return Graph.from_json(graph_or_formula)
     return parse(graph_or_formula)
+
+
+COPIES = ("duplicate", "equivalent")   # statuses whose equivalent_to names the original
+
+
+def _stages(record: dict) -> set:
+    """The protocols a stored record went through, from its stage_seconds (a dict or its
+    JSON); when it does not say (no validity entry), every protocol is assumed."""
+    stages = record.get("stage_seconds")
+    if isinstance(stages, str):
+        try:
+            stages = json.loads(stages)
+        except ValueError:
+            stages = None
+    if not isinstance(stages, dict) or "validity" not in stages:
+        return {"validity", "duplicate", "equivalence", "stability"}
+    return set(stages)
 
 
 class Screen:
@@ -78,11 +97,11 @@ class Screen:
                     protocol.add(fp, candidate_id)
             else:
                 verdict = protocol.check(graph)
-                if protocol is self.duplicate and verdict.status is None:
-                    protocol.add(graph, candidate_id)
             stage_seconds[protocol.name] = protocol.seconds - before
             if verdict.status is not None:
                 break
+        if self.duplicate.name in stage_seconds and verdict.status not in COPIES:
+            self.duplicate.add(graph, candidate_id)  # a copy's key stays with its original
         return {**record, "status": verdict.status, "reason": verdict.reason,
                 "equivalent_to": verdict.equivalent_to, "stage_seconds": stage_seconds}
 
@@ -98,8 +117,11 @@ class Screen:
         except Exception:
             return
         candidate_id = int(candidate_id)
+        stages = _stages(record)
+        if record.get("status") in ("invalid",) + COPIES or "duplicate" not in stages:
+            return  # stopped before the duplicate protocol, or a copy (its original holds the key)
         self.duplicate.add(graph, candidate_id)
-        if record.get("status") in ("invalid", "duplicate", "equivalent"):
+        if "equivalence" not in stages:
             return
         try:
             fp = fingerprint(graph)

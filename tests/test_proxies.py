@@ -87,7 +87,7 @@ def test_unknown_and_bad_settings():
 
 
 def test_with_generated_layers():
-    primitives = pytest.importorskip("primitives")
+    import primitives
     from primitives.library import REFERENCE_LAYERS
     for formula in (REFERENCE_LAYERS["evonorm-b0"], REFERENCE_LAYERS["evonorm-s0"]):
         graph = primitives.parse(formula)

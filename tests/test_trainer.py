@@ -48,7 +48,7 @@ def test_same_seed_same_accuracy(synthetic):
 
 
 def test_same_seed_same_accuracy_generated_layer(synthetic):
-    primitives = pytest.importorskip("primitives")
+    import primitives
     from primitives.library import REFERENCE_LAYERS
     graph = primitives.parse(REFERENCE_LAYERS["evonorm-s0"])
     config = TrainConfig(**{**FAST, "steps": 12})
@@ -198,7 +198,7 @@ def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
 
 @pytest.mark.slow
 def test_compiled_training_is_deterministic_and_close_to_eager():
-    primitives = pytest.importorskip("primitives")
+    import primitives
     from primitives.library import REFERENCE_LAYERS
     ds = load_dataset("synthetic", seed=0)
     graph = primitives.parse(REFERENCE_LAYERS["evonorm-b0"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 import zlib
 
 import numpy as np
@@ -85,11 +86,17 @@ def test_validity_counts_and_times_itself():
 
 def test_duplicates_point_at_the_first_candidate():
     screen = Screen()
+    start = time.perf_counter()
     assert screen.check("x * sigmoid(v1 * x) / group_std(x) * gamma + beta", 3)["status"] is None
     again = screen.check("beta + gamma * (sigmoid(x * v1) * x / group_std(x))", 9)
+    elapsed = time.perf_counter() - start
     assert again["status"] == "duplicate" and again["equivalent_to"] == 3
-    assert screen.stats["duplicate"] == {"checked": 2, "rejected": 1,
-                                         "seconds": screen.stats["duplicate"]["seconds"]}
+    stats = screen.stats["duplicate"]
+    assert set(stats) == {"checked", "rejected", "seconds"}
+    assert (stats["checked"], stats["rejected"]) == (2, 1)
+    # its own time, a part of the time the two checks took (not the whole screen's)
+    assert 0 < stats["seconds"] < elapsed
+    assert stats["seconds"] < sum(s["seconds"] for s in screen.stats.values())
 
 
 def test_graph_json_is_accepted_as_a_candidate():
@@ -300,18 +307,22 @@ def test_screen_rebuilds_its_memory_from_records():
     assert all(s["checked"] == 0 for s in fresh.stats.values())
 
 
-def test_screen_never_raises_on_random_graphs_and_is_fast():
-    import time
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, the previous count restored after it."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    Screen().check("relu(x)", -1)  # lazy initialisation
+    yield
+    torch.set_num_threads(before)
+
+
+def test_screen_never_raises_on_random_graphs(one_thread):
+    # its speed (candidates per second against the 20/s target) is benchmarks/rejection.py's
     screen = Screen()
     rng = random.Random(7)
     graphs = [random_graph(rng) for _ in range(200)]
-    start = time.perf_counter()
     statuses = [screen.check(g, i)["status"] for i, g in enumerate(graphs)]
-    rate = len(graphs) / (time.perf_counter() - start)
     assert set(statuses) <= {None, "invalid", "duplicate", "equivalent", "unstable"}
-    assert rate > 10, f"{rate:.1f} candidates/s"  # the benchmark's target is 20/s; CI is noisy
     stats = screen.stats
     assert stats["validity"]["checked"] == 200
     assert sum(s["rejected"] for s in stats.values()) == sum(s is not None for s in statuses)

@@ -220,13 +220,33 @@ class Graph:
     def poly_degree(self) -> int | None:
         """Degree in x when the layer is a polynomial in x, else None. A subexpression
         that does not depend on x counts as a constant (degree 0)."""
+        return self._degrees(inference=False)[self._output]
+
+    @cached_property
+    def inference_degree(self) -> int | None:
+        """`poly_degree` of the eval-mode layer, where every batch moment is its running
+        estimate (a constant): what an encrypted-inference deployment evaluates, so
+        BatchNorm followed by `poly(e, order=3)` has inference degree 3."""
+        return self._degrees(inference=True)[self._output]
+
+    @cached_property
+    def pointwise_at_inference(self) -> bool:
+        """True when the eval-mode output is, per channel, a polynomial of the input
+        element alone: a polynomial whose only moments of x are batch moments (an
+        instance, group, layer or channel moment mixes elements). Such a layer is a
+        per-channel coefficient table (`primitives.coefficients`)."""
+        return self.inference_degree is not None and not any(
+            n.spec.kind == "moment" and not n.spec.uses_batch_stats and self.depends_on_x[i]
+            for i, n in enumerate(self._nodes))
+
+    def _degrees(self, inference: bool) -> list:
         degrees = []
         for i, n in enumerate(self._nodes):
             if not self.depends_on_x[i]:
                 degrees.append(0)
             else:
-                degrees.append(n.spec.degree([degrees[j] for j in n.inputs], n.attrs))
-        return degrees[self._output]
+                degrees.append(n.spec.degree_at([degrees[j] for j in n.inputs], n.attrs, inference))
+        return degrees
 
     @cached_property
     def depends_on_x(self) -> tuple[bool, ...]:

@@ -82,6 +82,7 @@ class Op:
     axis: str = ""                          # moments
     stat: str = ""                          # moments
     learnable: Callable | None = None       # attrs -> learnable values per channel
+    inference_degree: Callable | None = None  # `degree` in eval mode; None: the same as `degree`
 
     @property
     def uses_batch_stats(self) -> bool:
@@ -90,6 +91,12 @@ class Op:
     @property
     def is_call(self) -> bool:
         return self.kind in ("call", "moment", "unit")
+
+    def degree_at(self, degrees, attrs, inference: bool = False):
+        """Degree in x of this op's output from its inputs' degrees (None: not a
+        polynomial); `inference` counts it in the eval-mode layer."""
+        rule = self.inference_degree if inference and self.inference_degree else self.degree
+        return rule(degrees, attrs)
 
 
 def _max_degree(degrees, attrs):
@@ -138,6 +145,11 @@ def _moment_degree(stat):
     return _no_degree  # std and rms take a square root
 
 
+def _constant_degree(degrees, attrs):
+    # In eval mode a batch moment is its running estimate: a constant, whatever its input.
+    return 0
+
+
 def _moments():
     for axis in AXES:
         for stat in STATS:
@@ -147,7 +159,8 @@ def _moments():
             if axis == "group":
                 keywords["groups"] = GROUPS
             yield Op(f"{axis}_{stat}", 1, "moment", fold=_moment_fold(stat),
-                     degree=_moment_degree(stat), keywords=keywords, axis=axis, stat=stat)
+                     degree=_moment_degree(stat), keywords=keywords, axis=axis, stat=stat,
+                     inference_degree=_constant_degree if axis == "batch" else None)
 
 
 _ENTRIES = [

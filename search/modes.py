@@ -2,9 +2,12 @@
 
 - `batch`: every primitive.
 - `sample`: no batch moments, so the layer works at any batch size (EvoNorm's S-series).
-- `polynomial`: only ops that keep a polynomial in x (+ - * neg, integer powers,
-  `poly` units, means and variances), and the layer's degree must be at most
-  `max_degree` (layers fit for homomorphic encryption).
+- `polynomial`: only ops that keep a polynomial in x at inference (+ - * neg,
+  integer powers, `poly` units, means and variances, and batch standard
+  deviations and RMS, which are constants in the eval-mode layer), and the
+  layer's inference degree (`Graph.inference_degree`: its degree in x with every
+  batch moment a constant) must be at most `max_degree` (layers fit for
+  homomorphic encryption; BatchNorm followed by a cubic `poly` has degree 3).
 
 Every mode asks that the output keeps the input's shape (varies over batch,
 channel and space). A mode owns the op menu that mutation and the random generator draw from, and
@@ -25,8 +28,8 @@ MAX_OPS = 24            # inner operations in a searched layer (keeps layers che
 
 _INNER = tuple(name for name, op in OPS.items() if op.kind != "leaf")
 _POLY_OPS = tuple(name for name in _INNER
-                  if name in ("add", "sub", "mul", "neg", "pow", "poly")
-                  or OPS[name].stat in ("mean", "var"))
+                  if name in ("add", "sub", "mul", "neg", "pow", "poly", "div")
+                  or OPS[name].stat in ("mean", "var") or OPS[name].uses_batch_stats)
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,10 @@ class Mode:
         if self.name == "sample" and graph.uses_batch_stats:
             return "uses batch statistics (not allowed in sample mode)"
         if self.name == "polynomial":
-            if graph.poly_degree is None:
-                return "is not a polynomial in x (polynomial mode)"
-            if graph.poly_degree > self.max_degree:
-                return f"has degree {graph.poly_degree}, above --max-degree {self.max_degree}"
+            if graph.inference_degree is None:
+                return "is not a polynomial in x at inference (polynomial mode)"
+            if graph.inference_degree > self.max_degree:
+                return f"has inference degree {graph.inference_degree}, above --max-degree {self.max_degree}"
         return None
 
     def accept(self, graph: Graph) -> bool:

@@ -47,6 +47,7 @@ def candidate_schema(archs):
         pa.field("params_per_channel", pa.int64()),
         pa.field("uses_batch_stats", pa.bool_()),
         pa.field("poly_degree", pa.int64()),
+        pa.field("inference_degree", pa.int64()),
         pa.field("seconds", pa.float64()),
         pa.field("worker", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC")),

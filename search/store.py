@@ -33,7 +33,7 @@ from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_o
 
 __all__ = ["RunStore", "RunDirError", "STATUSES", "candidate_schema"]
 
-_INT = ("id", "parent_id", "equivalent_to", "params_per_channel", "poly_degree")
+_INT = ("id", "parent_id", "equivalent_to", "params_per_channel", "poly_degree", "inference_degree")
 _STR = ("formula", "graph", "graph_hash", "status", "reason", "worker", "mutation")
 
 

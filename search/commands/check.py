@@ -28,12 +28,14 @@ def run(args) -> int:
         train_out = layer.train()(x)
         eval_out = layer.eval()(x)
     degree = "not a polynomial" if graph.poly_degree is None else graph.poly_degree
+    inference = "not a polynomial" if graph.inference_degree is None else graph.inference_degree
     print(f"formula          {graph}")
     print(f"hash             {graph.hash}")
     print(f"nodes            {len(graph)}")
     print(f"params/channel   {graph.params_per_channel}")
     print(f"batch stats      {'yes' if graph.uses_batch_stats else 'no'}")
     print(f"poly degree      {degree}")
+    print(f"inference degree  {inference}")
     for mode, out in (("train", train_out), ("eval", eval_out)):
         finite = torch.isfinite(out).all().item()
         print(f"output ({mode:5s})   shape {tuple(out.shape)}  mean {out.mean().item():.4g}  "

@@ -1,0 +1,72 @@
+""".ci/setup picks the Python environment the README's commands run through (`--which`, which
+installs nothing): an active virtual environment as it is, otherwise the project's .venv, which
+a stock Debian/Ubuntu Python (externally managed: its pip refuses to install) needs. The install
+itself runs in CI (.ci/run: the README's test command with only the system directories on PATH)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SETUP = Path(__file__).resolve().parents[1] / ".ci" / "setup"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A directory holding only .ci/setup: where it would put .venv (nothing else is read)."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(SETUP, tmp_path / ".ci" / "setup")
+    return tmp_path
+
+
+def which(checkout, **env) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run(["bash", str(checkout / ".ci" / "setup"), "--which"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def system_python_is_externally_managed() -> bool:
+    if not os.path.exists(SYSTEM_PYTHON):
+        return False
+    probe = ("import os, sysconfig; "
+             "print(os.path.isfile(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))")
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True).stdout.strip() == "True"
+
+
+@pytest.mark.skipif(not system_python_is_externally_managed(),
+                    reason="needs a Debian/Ubuntu system Python at /usr/bin/python3")
+def test_stock_debian_python_gets_the_project_venv(checkout):
+    done = which(checkout, PATH=SYSTEM_PATH, VIRTUAL_ENV=None, CONDA_PREFIX=None, PYTHON=None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ".venv"
+    assert not (checkout / ".venv").exists()          # --which changes nothing
+
+
+def _venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    return path
+
+
+def test_an_active_venv_is_used_as_it_is(checkout, tmp_path):
+    env_dir = _venv(tmp_path / "userenv")
+    done = which(checkout, PATH=f"{env_dir}/bin:{os.environ['PATH']}", VIRTUAL_ENV=str(env_dir), PYTHON=None)
+    assert done.returncode == 0, done.stderr
+    assert os.path.realpath(done.stdout.strip()) == os.path.realpath(env_dir)
+
+
+def test_an_earlier_project_venv_is_kept_and_the_active_one_named(checkout, tmp_path):
+    (checkout / ".venv").mkdir()
+    env_dir = _venv(tmp_path / "userenv")
+    done = which(checkout, PATH=f"{env_dir}/bin:{os.environ['PATH']}", VIRTUAL_ENV=str(env_dir), PYTHON=None)
+    assert done.returncode == 0 and done.stdout.strip() == ".venv"
+    assert str(env_dir) in done.stderr and "remove .venv" in done.stderr
+
+
+def test_a_missing_python_is_one_line(checkout):
+    done = which(checkout, PYTHON="/nonexistent/python3")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "setup: no /nonexistent/python3" in done.stderr

@@ -180,7 +180,7 @@ class RayExecutor(Executor):
         if self.workers_ready < self.capacity:
             text += f" | workers {self.workers_ready}/{self.capacity}"
             if not self.workers_ready:
-                text += ", waiting for the cluster"
+                text += ", waiting for a worker"
         return text
 
     def close(self) -> None:

@@ -232,9 +232,11 @@ def test_a_lost_node_costs_no_candidate_and_the_run_grows_back():
         assert first["killed"] is not None, "no candidate trained on the second node"
         records = first["records"]
         assert sorted(r["id"] for r in records) == list(range(14))          # each id once
-        lost = next(r for r in records if r["id"] == first["killed"])
-        assert "worker died" not in (lost["reason"] or "") and lost["worker"] != "driver"
-        assert first["retries"] == {str(first["killed"]): 1}
+        # the one candidate on the dead worker (the one training at the kill, or the next one
+        # sent there before Ray saw the node go) was retried once, on the live worker
+        assert list(first["retries"].values()) == [1]
+        retried = next(r for r in records if str(r["id"]) in first["retries"])
+        assert "worker died" not in (retried["reason"] or "") and retried["worker"] != "driver"
         assert first["ready"] == 1 and "training 1 | queued 1 | workers 1/2" in first["log"]
 
         rejoined = Node(address=head.address, num_cpus=1)               # the node comes back

@@ -18,7 +18,7 @@ from search.config import build_config  # noqa: E402
 from search.evolution import Driver  # noqa: E402
 from search.executor import evaluator_spec, make_screen  # noqa: E402
 from search.modes import get_mode  # noqa: E402
-from search.ray_executor import RayExecutor  # noqa: E402
+from search.ray_executor import RayExecutor, WorkerStartError  # noqa: E402
 from search.store import MemoryStore  # noqa: E402
 
 SPEC = {"kind": "surrogate", "archs": ["resnet", "mobilenetv2", "efficientnet"], "eval": {}}
@@ -126,6 +126,17 @@ def test_unplaced_replacement_holds_no_candidate_and_joins_when_placed(local_ray
     finally:
         if blocker is not None:
             ray.kill(blocker)
+        executor.close()
+
+
+def test_a_worker_that_cannot_build_its_evaluator_is_an_error_not_a_wait(local_ray):
+    """A broken worker setup (here an unknown dataset) is the cluster's fault, not a candidate's:
+    it must stop the run with the reason, not be replaced forever or fail every candidate."""
+    executor = RayExecutor({"kind": "train", "eval": {"dataset": "no-such"}, "archs": ["resnet"]}, workers=1)
+    try:
+        with pytest.raises(WorkerStartError, match="could not build its evaluator.*no-such"):
+            executor.wait_ready(timeout=120)
+    finally:
         executor.close()
 
 

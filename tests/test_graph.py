@@ -109,12 +109,33 @@ def test_size_limits():
         deep = f"relu({deep})"
     with pytest.raises(ValueError, match="deep"):
         parse(deep)
-    doubling = "x"
-    for _ in range(12):
-        doubling = f"sin({doubling}) * cos({doubling})"
-        doubling = str(parse(doubling)) if len(doubling) < 5000 else doubling
-    with pytest.raises(ValueError):
-        parse(doubling)
+    with pytest.raises(ValueError, match="longer than 10000 characters"):
+        parse("x" + " + x" * 2500)
+
+
+def _squared(levels):
+    """x squared `levels` times, written out: 2**(levels + 1) - 1 terms over levels + 1 nodes."""
+    text = "x"
+    for _ in range(levels):
+        text = f"({text})*({text})"
+    return text
+
+
+def test_the_2000_term_limit():
+    """A formula within 10,000 characters and 100 nodes whose written-out tree is too big."""
+    assert parse(_squared(9)).tree_size == 1023
+    too_big = _squared(10)
+    assert len(too_big) < 10_000
+    with pytest.raises(ValueError, match="2047 terms, more than 2000"):
+        parse(too_big)
+
+
+def test_the_100_node_limit():
+    """Distinct operations (x + 1 + 2 + ...: a constant and an add per term), far from the
+    term, depth and length limits."""
+    assert len(parse("x" + "".join(f" + {k}" for k in range(1, 50)))) == 99
+    with pytest.raises(ValueError, match="101 nodes, more than 100"):
+        parse("x" + "".join(f" + {k}" for k in range(1, 51)))
 
 
 @pytest.mark.parametrize("formula,batch,params,degree", [

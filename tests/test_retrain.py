@@ -1,5 +1,7 @@
 """`evonorm retrain`: tuned, multi-seed test-set comparison written to retrain.parquet."""
+import math
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -37,12 +39,44 @@ def test_retrain_top_layers_and_baselines(run_dir, capsys):
     assert list(dict.fromkeys(table["layer"])) == ["#0", "bn-relu", "gn-relu", "evonorm-b0", "evonorm-s0"]
     assert len(table) == 5 * 2  # 5 layers x 2 seeds x 1 proxy
     assert set(table["seed"]) == {1, 2} and (table["steps"] == 12).all()
-    assert table["lr"].between(0.02, 0.5).all()
-    assert table["test_acc"].between(0, 1).all()
+    # one tuned lr per layer, used for all its seeds (how it is chosen: the test below)
+    assert (table.groupby("layer")["lr"].nunique() == 1).all()
+    assert (table.groupby("layer")["val_acc_tuned"].nunique() == 1).all()
+    assert table["test_acc"].between(0, 1).all() and table["val_acc_tuned"].between(0, 1).all()
     for name in ("#0", "bn-relu", "evonorm-s0"):
         assert any(line.startswith(name) for line in out.splitlines())
     assert "±" in out
     assert not any(p.name.startswith(".retrain") for p in run_dir.iterdir())
+
+
+def test_lr_is_chosen_on_validation_and_scored_on_test(run_dir, capsys, monkeypatch):
+    """Every trial trains on the validation split; the lr with the best validation score is
+    the one trained, with fresh seeds, on the test split, and the rows report those test
+    scores. Trainings are replaced by a recorder whose accuracies identify split and lr."""
+    import evaluators.trainer
+    calls = []
+
+    def fake(arch, factory, dataset, config, device, split="val", **kwargs):
+        calls.append({"arch": arch, "split": split, "lr": config.lr, "seed": config.seed,
+                      "steps": config.steps})
+        if split == "val":   # best near lr = 0.1
+            return SimpleNamespace(accuracy=1 - abs(math.log(config.lr / 0.1)) / 10, reason=None, ok=True)
+        return SimpleNamespace(accuracy=config.lr / 10 + config.seed / 1000, reason=None, ok=True)
+
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", fake)
+    assert main(["retrain", str(run_dir), "--top", "1", "--no-baselines", "--seeds", "2", "--trials", "6",
+                 "--steps", "7", "--archs", "resnet"]) == 0
+    tuning, testing = calls[:6], calls[6:]
+    assert [c["split"] for c in tuning] == ["val"] * 6 and [c["split"] for c in testing] == ["test"] * 2
+    assert len({c["lr"] for c in tuning}) == 6 and all(0.02 <= c["lr"] <= 0.5 for c in tuning)
+    best = max(tuning, key=lambda c: 1 - abs(math.log(c["lr"] / 0.1)) / 10)
+    assert {c["lr"] for c in testing} == {best["lr"]}
+    assert {c["seed"] for c in testing}.isdisjoint({c["seed"] for c in tuning})
+    assert all(c["steps"] == 7 for c in calls)
+    table = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert list(table["layer"]) == ["#0", "#0"] and (table["lr"] == best["lr"]).all()
+    assert table["val_acc_tuned"].tolist() == [pytest.approx(1 - abs(math.log(best["lr"] / 0.1)) / 10)] * 2
+    assert table["test_acc"].tolist() == [pytest.approx(best["lr"] / 10 + c["seed"] / 1000) for c in testing]
 
 
 @pytest.mark.parametrize("argv", [["{missing}"], ["{run}", "--seeds", "0"], ["{run}", "--archs", "vgg"],

@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 import sys
 
+from search.files import UnwritableError
+
 # name -> (module under search.commands, one-line help)
 COMMANDS = {
     "check": ("check", "parse a formula and describe the compiled layer"),
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(_load(args._module).run(args) or 0)
-    except UsageError as err:
+    except (UsageError, UnwritableError) as err:  # an output that cannot be written is bad input too
         print(f"evonorm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

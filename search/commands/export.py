@@ -5,12 +5,10 @@ with a header that says where the layer came from and how it scored.
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 from search.cli import UsageError
+from search.files import check_writable_file, write_atomic
 
 
 def add_arguments(parser):
@@ -25,6 +23,8 @@ def run(args) -> int:
 
     if not args.class_name.isidentifier():
         raise UsageError(f"--class-name {args.class_name!r} is not a Python identifier")
+    if args.output != "-":
+        check_writable_file(args.output)
     if args.id is None:
         try:
             graph = parse(args.source)
@@ -37,7 +37,7 @@ def run(args) -> int:
     if args.output == "-":
         sys.stdout.write(source)
     else:
-        _write_atomically(Path(args.output), source)
+        write_atomic(args.output, source)
         print(f"wrote {args.output}: class {args.class_name} ({graph})", file=sys.stderr)
     return 0
 
@@ -63,12 +63,3 @@ def _from_run(run_dir, cid, Graph, GraphError):
               f"dataset: {run.info.get('config', {}).get('dataset', 'unknown')}\n")
     return graph, header
 
-
-def _write_atomically(path: Path, text: str):
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"{directory}: no such directory")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

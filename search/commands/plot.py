@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.cli import UsageError
+from search.files import check_writable_file, write_atomic
 
 STATUS_COLORS = {"ok": "#2a9d3f", "invalid": "#9e9e9e", "duplicate": "#b0b7c3", "equivalent": "#8fa3bf",
                  "unstable": "#e07b39", "low_quality": "#d4a017", "failed": "#c0392b"}
@@ -70,7 +71,8 @@ def progress(run, checkpoints: int = 150):
     return xs, {a: b[xs - 1] if len(xs) else b for a, b in best.items()}, np.array(hv), ref
 
 
-def draw(run, output: Path, dpi: int = 120) -> None:
+def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
+    """The figure into `output` (a path, or a binary file with `fmt` png/pdf/svg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +189,7 @@ def draw(run, output: Path, dpi: int = 120) -> None:
     fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
                  f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(output, dpi=dpi)
+    fig.savefig(output, dpi=dpi, format=fmt)
     plt.close(fig)
 
 
@@ -197,18 +199,11 @@ def run(args) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"{output}: the output must end in .png, .pdf or .svg")
-    if not output.parent.is_dir():
-        raise UsageError(f"{output.parent}: no such directory for the output")
+    check_writable_file(output)
     if args.dpi < 20 or args.dpi > 1200:
         raise UsageError("--dpi must be between 20 and 1200")
     run = load(args.run_dir)
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    try:
-        draw(run, tmp, dpi=args.dpi)
-        tmp.replace(output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(output, lambda f: draw(run, f, dpi=args.dpi, fmt=output.suffix[1:].lower()))
     print(f"wrote {output}")
     return 0
 

@@ -17,6 +17,7 @@ import sys
 import time
 
 from search.cli import UsageError
+from search.files import check_writable_file, write_atomic
 
 
 def add_arguments(parser):
@@ -31,6 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("-o", "--output", default=None,
+                        help="parquet file of the trainings (default: DIR/retrain.parquet)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes training layers side by side, one torch thread each (default 1: this "
                              "process, torch's threads)")
@@ -57,6 +60,8 @@ def run(args) -> int:
     steps = args.steps or 2 * int(config.get("steps") or 300)
     if steps < 1:
         raise UsageError("--steps must be positive")
+    output = args.output or run_.dir / "retrain.parquet"
+    check_writable_file(output)  # before hours of training, not after
     layers = _layers(run_, args.top, not args.no_baselines)
     if not layers:
         raise UsageError(f"{args.run_dir}: nothing to retrain (empty front and --no-baselines)")
@@ -75,16 +80,16 @@ def run(args) -> int:
         raise UsageError(str(err)) from None
 
     rows = _retrain(layers, archs, dataset, device, steps, args, seed=int(run_.info.get("seed") or 0))
-    _write(run_.dir / "retrain.parquet", rows)
+    _write(output, rows)
     print(_table(rows, archs))
-    print(f"\nwrote {run_.dir / 'retrain.parquet'} ({len(rows)} trainings)", file=sys.stderr)
+    print(f"\nwrote {output} ({len(rows)} trainings)", file=sys.stderr)
     return 0
 
 
 def _layers(run_, top: int, baselines: bool) -> list[dict]:
     """[{name, formula, candidate_id, source}]: the top front layers, then the baselines."""
     from primitives import Graph, parse
-    from primitives.library import BASELINES, REFERENCE_LAYERS
+    from primitives.library import REFERENCE_LAYERS, baselines as baselines_of
 
     layers, seen = [], set()
     front = run_.front()
@@ -105,7 +110,7 @@ def _layers(run_, top: int, baselines: bool) -> list[dict]:
             layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
                            "candidate_id": int(row["id"]), "source": "front"})
     if baselines:
-        for name in BASELINES:
+        for name in baselines_of(run_.info.get("config", {}).get("mode", "batch")):
             graph = parse(REFERENCE_LAYERS[name])
             if graph.hash not in seen:
                 layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})
@@ -216,9 +221,6 @@ def _in_processes(layers, dataset, job, workers, bar) -> list[dict]:
 
 
 def _write(path, rows):
-    import os
-    import tempfile
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -226,10 +228,8 @@ def _write(path, rows):
                         ("formula", pa.string()), ("arch", pa.string()), ("seed", pa.int64()),
                         ("lr", pa.float64()), ("steps", pa.int64()), ("val_acc_tuned", pa.float64()),
                         ("test_acc", pa.float64()), ("reason", pa.string()), ("seconds", pa.float64())])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".retrain.", suffix=".tmp")
-    os.close(fd)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    os.replace(tmp, path)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def _table(rows, archs) -> str:

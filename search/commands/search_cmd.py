@@ -137,11 +137,15 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
     the search to the budget. Ctrl-C flushes what was recorded and returns 130."""
     from search.evolution import Driver
     from search.executor import evaluator_spec, make_screen
+    from search.files import check_writable_dir
     from search.store import RunDirError, RunStore
 
     records = []
     store = executor = None
     try:
+        # before the executor starts and before a store opens (closing one writes the front)
+        for directory in (run_dir,) if create else (run_dir, os.path.join(run_dir, "candidates")):
+            check_writable_dir(directory)
         if not create:
             try:
                 store = RunStore.open(run_dir, **_store_options(config))

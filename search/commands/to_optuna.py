@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.cli import UsageError
+from search.files import check_writable_file
 
 
 def add_arguments(parser):
@@ -81,8 +82,7 @@ def run(args) -> int:
     storage_path = Path(args.storage)
     if storage_path.exists() and not storage_path.is_file():
         raise UsageError(f"{storage_path}: not a file")
-    if not storage_path.parent.is_dir():
-        raise UsageError(f"{storage_path.parent}: no such directory for the storage file")
+    check_writable_file(storage_path)
     _check_journal(storage_path)
     run = load(args.run_dir)
     study_name = args.study_name or run.name

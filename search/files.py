@@ -1,0 +1,114 @@
+"""Writing the commands' outputs: atomically, and with one clear error where that cannot be done.
+
+Every file goes to a hidden temporary name next to its target, is flushed to disk and
+renamed over the target, so a reader, a crash or a full disk leaves the old file or
+the new one, never half of one. A place that cannot be written (a missing or read-only
+directory, /proc, a directory where a file should go) is an `UnwritableError`: one
+line, which the CLI reports with exit status 2. The commands check their outputs
+before they start work, so hours of training never end in a failed write.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+class UnwritableError(OSError):
+    """An output that cannot be written; its message is one line naming the path."""
+
+
+def _why(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (best effort: some file systems refuse a directory fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, content) -> None:
+    """Write `content` (bytes, str, or a function that writes to a binary file object) to
+    `path` through a temporary file renamed over it. On failure nothing at `path` changes
+    and the temporary file is gone; an OSError becomes an `UnwritableError`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError) and not isinstance(err, UnwritableError):
+            raise UnwritableError(f"cannot write {path}: {_why(err)}") from err
+        raise
+    _fsync_dir(path.parent)
+
+
+def check_writable_file(path) -> None:
+    """Raise `UnwritableError` unless a file can be written at `path`: its directory exists
+    and takes a new file, and `path` is not a directory. Leaves nothing behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnwritableError(f"cannot write {path}: it is a directory")
+    directory = path.parent
+    if not directory.is_dir():
+        why = "not a directory" if directory.exists() else "no such directory"
+        raise UnwritableError(f"cannot write {path}: {why}: {directory}")
+    _probe(directory, path)
+
+
+def check_writable_dir(path) -> None:
+    """Raise `UnwritableError` unless files can be created in directory `path`, which is
+    made (parents included) when missing. Directories made for the check are removed."""
+    path = Path(path)
+    made = []
+    for parent in reversed([path, *path.parents]):
+        if parent.is_dir():
+            continue
+        try:
+            parent.mkdir()
+        except OSError as err:
+            _remove(made)
+            why = "not a directory" if parent.exists() else _why(err)
+            raise UnwritableError(f"cannot create {path}: " + (why if parent == path else f"{parent}: {why}")) from None
+        made.append(parent)
+    try:
+        _probe(path, path)
+    finally:
+        _remove(made)
+
+
+def _probe(directory: Path, target: Path) -> None:
+    probe = directory / f".evonorm-probe-{uuid.uuid4().hex}"
+    try:
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as err:
+        where = f"in {directory}" if target == directory else str(target)
+        raise UnwritableError(f"cannot write {where}: {_why(err)}") from None
+
+
+def _remove(made: list[Path]) -> None:
+    for directory in reversed(made):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,177 @@
+"""Outputs that cannot be written: one line on stderr, exit 2, nothing half-written, for
+every command that writes (search, resume, export, plot, retrain, to-optuna)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+import pytest
+
+from search.cli import main
+from search.files import UnwritableError, check_writable_dir, check_writable_file, write_atomic
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def listing(path):
+    """Every file under `path` with its size and mtime: what 'nothing written' compares."""
+    return {(p, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    """A regular file: a path below it cannot be written by anyone, root included."""
+    path = tmp_path / "a-file"
+    path.write_text("not a directory\n")
+    return path
+
+
+@contextlib.contextmanager
+def read_only(directory):
+    """`directory` made unwritable: chmod for ordinary users, the immutable attribute for
+    root (who writes through permission bits)."""
+    os.chmod(directory, 0o555)
+    immutable = False
+    try:
+        try:
+            check_writable_dir(directory)
+        except UnwritableError:
+            pass
+        else:  # root
+            done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True)
+            immutable = done.returncode == 0
+            if not immutable:
+                pytest.skip("no way to make a directory unwritable here (root without chattr)")
+        yield directory
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        os.chmod(directory, 0o755)
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A run directory of two real layers, as `evonorm search` writes it."""
+    from datetime import datetime, timezone
+
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS
+    from search.store import RunStore
+
+    path = tmp_path / "run0"
+    info = {"config": {"dataset": "synthetic", "archs": ["resnet"]}, "seed": 0, "archs": ["resnet"],
+            "objectives": [{"column": "acc_resnet", "goal": "max"}], "started_at": "2026-01-01T00:00:00+00:00"}
+    with RunStore.create(path, info) as store:
+        for i, name in enumerate(["evonorm-s0", "bn-relu"]):
+            g = parse(REFERENCE_LAYERS[name])
+            store.append({"id": i, "formula": str(g), "graph": g.to_json(), "graph_hash": g.hash, "status": "ok",
+                          "acc_resnet": 0.5 + i / 10, "params_per_channel": g.params_per_channel,
+                          "uses_batch_stats": g.uses_batch_stats, "poly_degree": g.poly_degree,
+                          "seconds": 1.0, "worker": "w0", "created_at": datetime.now(timezone.utc)})
+    return path
+
+
+def assert_refused(code, err):
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("evonorm: error: cannot "), err
+    assert "Traceback" not in err
+
+
+# -- the helper ------------------------------------------------------------------------------------
+
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out.bin"
+    write_atomic(target, b"old")
+
+    def fails_halfway(f):
+        f.write(b"half of the new")
+        raise RuntimeError("disk trouble")
+    with pytest.raises(RuntimeError):
+        write_atomic(target, fails_halfway)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
+    write_atomic(target, "new text")
+    assert target.read_text() == "new text" and os.listdir(tmp_path) == ["out.bin"]
+    with pytest.raises(UnwritableError, match="cannot write /proc/evonorm-test"):
+        write_atomic("/proc/evonorm-test", b"x")
+
+
+def test_checks_leave_nothing_behind(tmp_path, a_file):
+    check_writable_dir(tmp_path / "new" / "deeper")
+    check_writable_file(tmp_path / "file.txt")
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]
+    for check, path, why in ((check_writable_dir, "/proc/evonorm-x", "cannot create /proc/evonorm-x"),
+                             (check_writable_dir, a_file / "run", "not a directory"),
+                             (check_writable_file, a_file / "l.py", "not a directory"),
+                             (check_writable_file, tmp_path, "is a directory"),
+                             (check_writable_file, "/proc/l.py", "cannot write /proc/l.py")):
+        with pytest.raises(UnwritableError, match=why):
+            check(path)
+    (tmp_path / "new").mkdir()
+    with read_only(tmp_path / "new") as locked:
+        with pytest.raises(UnwritableError, match="cannot write in"):
+            check_writable_dir(locked)
+        assert os.listdir(locked) == []
+
+
+# -- every command ---------------------------------------------------------------------------------
+
+SURROGATE = ["--evaluator", "surrogate", "--executor", "local", "--workers", "1", "--population", "2", "--tournament", "2",
+             "--quiet"]
+
+
+@pytest.mark.parametrize("where", ["proc", "below-a-file"])
+def test_search_out_unwritable(capsys, tmp_path, a_file, where):
+    out = "/proc/evonorm-run" if where == "proc" else a_file / "run"
+    before = listing(tmp_path)
+    assert_refused(*cli(capsys, "search", "--out", out, "--budget", "4", *SURROGATE)[::2])
+    assert listing(tmp_path) == before
+
+
+def test_resume_into_an_unwritable_run_dir(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "search", "--out", run, "--budget", "2", *SURROGATE)  # killed at 2 of 4
+    assert code == 0, err
+    before = listing(run)
+    with read_only(run):
+        code, _, err = cli(capsys, "resume", run, "--budget", "4")
+        assert_refused(code, err)
+        assert listing(run) == before
+
+
+def test_export_plot_to_optuna_retrain_unwritable(capsys, tmp_path, a_file, small_run):
+    before = listing(small_run)
+    for target in ("/proc/evonorm-out", a_file / "out"):
+        for argv in (["export", "relu(x)", "-o", f"{target}.py"],
+                     ["export", small_run, "0", "-o", f"{target}.py"],
+                     ["plot", small_run, "-o", f"{target}.png"],
+                     ["to-optuna", small_run, "--storage", f"{target}.log"],
+                     ["retrain", small_run, "--top", "1", "--steps", "1", "-o", f"{target}.parquet"]):
+            assert_refused(*cli(capsys, *argv)[::2])
+    assert listing(small_run) == before and sorted(os.listdir(tmp_path)) == ["a-file", "run0"]
+
+
+def test_retrain_refuses_a_read_only_run_dir_before_training(capsys, small_run):
+    before = listing(small_run)
+    with read_only(small_run):
+        code, _, err = cli(capsys, "retrain", small_run, "--top", "1", "--steps", "1")
+        assert_refused(code, err)
+        assert "retrain.parquet" in err
+    assert listing(small_run) == before
+
+
+def test_plot_failure_midway_leaves_no_partial_image(capsys, tmp_path, small_run, monkeypatch):
+    from search.commands import plot
+    out = tmp_path / "front.png"
+    out.write_bytes(b"the old plot")
+
+    def broken(run, output, dpi=120, fmt=None):
+        output.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(plot, "draw", broken)
+    assert_refused(*cli(capsys, "plot", small_run, "-o", out)[::2])
+    assert out.read_bytes() == b"the old plot" and sorted(os.listdir(tmp_path)) == ["front.png", "run0"]

@@ -139,21 +139,15 @@ class ImageDataset:
         return self.batch(idx, generator)
 
     def train_batches(self, batch_size: int, generator: torch.Generator,
-                      augment_from_epoch: int | None = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      augment_from_epoch: int | None = 0) -> "BatchStream":
         """Endless training batches, epoch by epoch through seeded permutations
         (every image once per epoch; the last partial batch of an epoch is
         dropped). Epochs numbered `augment_from_epoch` and later (0: all, None:
-        none) are augmented."""
+        none) are augmented. The stream can be saved and resumed (`BatchStream.state`)."""
         n = len(self.train_y)
         if batch_size > n:
             raise DatasetError(f"batch size {batch_size} exceeds the {n} training images")
-        epoch = 0
-        while True:
-            perm = torch.randperm(n, generator=generator, device=generator.device)
-            augment = augment_from_epoch is not None and epoch >= augment_from_epoch
-            for start in range(0, n - batch_size + 1, batch_size):
-                yield self.batch(perm[start:start + batch_size], generator if augment else None)
-            epoch += 1
+        return BatchStream(self, batch_size, generator, augment_from_epoch)
 
     def eval_batches(self, split: str = "val", batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised, unaugmented batches of the val or test split (or train), in order."""
@@ -172,6 +166,42 @@ class ImageDataset:
         return (f"ImageDataset({self.name!r}, train={len(self.train_y)}, val={len(self.val_y)}, "
                 f"test={len(self.test_y)}, shape={tuple(self.train_x.shape[1:])}, "
                 f"classes={self.num_classes}, device={self.device})")
+
+
+class BatchStream:
+    """The iterator behind `ImageDataset.train_batches`. Its `state()` (epoch, position,
+    the epoch's permutation and the generator's state) restores with `load_state`, so a
+    training halted at a rung continues with exactly the batches it would have seen."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, generator: torch.Generator,
+                 augment_from_epoch: int | None):
+        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
+        self.augment_from_epoch = augment_from_epoch
+        self.epoch, self.position, self.perm = 0, 0, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.dataset.train_y)
+        if self.perm is None or self.position + self.batch_size > n:
+            if self.perm is not None:
+                self.epoch += 1
+            self.perm = torch.randperm(n, generator=self.generator, device=self.generator.device)
+            self.position = 0
+        start = self.position
+        self.position += self.batch_size
+        augment = self.augment_from_epoch is not None and self.epoch >= self.augment_from_epoch
+        return self.dataset.batch(self.perm[start:start + self.batch_size],
+                                  self.generator if augment else None)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "perm": self.perm,
+                "generator": self.generator.get_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.position, self.perm = state["epoch"], state["position"], state["perm"]
+        self.generator.set_state(state["generator"])
 
 
 def load_dataset(name: str, device="cpu", data_root=None, val_fraction: float = 0.1, seed: int = 0,

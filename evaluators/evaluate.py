@@ -21,7 +21,7 @@ from .screen import Screen, describe, to_graph  # noqa: F401  (part of this modu
 
 _TRAIN_DEFAULTS = _trainer.TrainConfig()
 
-STATUSES = ("ok", "invalid", "duplicate", "equivalent", "unstable", "low_quality", "failed")
+from .record import STATUSES  # noqa: F401  (part of this module's face)
 
 
 @dataclass
@@ -35,8 +35,7 @@ class EvalConfig:
     batch_size: int = _TRAIN_DEFAULTS.batch_size
     lr: float = _TRAIN_DEFAULTS.lr
     seed: int = 0
-    # protocol 5: a short training on archs[0]; at quality_steps >= steps it is the full
-    # training of archs[0] and its score is kept.
+    # protocol 5: archs[0]'s training is scored after quality_steps (then it goes on)
     quality_steps: int = max(1, _TRAIN_DEFAULTS.steps // 5)
     quality_threshold: float = 0.2
     # protocol 4: reject when the adversarial gradient norm grows more than this
@@ -106,21 +105,28 @@ class Evaluator:
             self.config.dataset, self.device, self.config.data_root)
         self.quality = Quality(self.config.quality_threshold)
 
-    def train_arch(self, graph: Graph, arch: str, steps: int | None = None, progress=None):
+    def train_arch(self, graph: Graph, arch: str, steps: int | None = None, progress=None,
+                   stop_at: int | None = None, resume: dict | None = None):
         """One proxy training (a TrainResult); never raises for a bad layer.
-        `progress(step, steps)` is called after every step."""
+        `progress(step, steps)` is called after every step; `stop_at`/`resume` halt and
+        continue it (see `trainer.train_and_score`)."""
         def factory(channels):
             return compile_layer(graph, channels)
         return _trainer.build_and_train(arch, factory, self.dataset, self.config.train_config(steps),
-                                        self.device, progress=progress)
+                                        self.device, progress=progress, stop_at=stop_at, resume=resume)
 
-    def train(self, graph_json, stop_on_low_quality: bool = True, progress=None) -> dict:
-        """Protocol 5 on archs[0], then the proxies. `progress(step, steps)` is passed to
-        every training (the eval command's progress bar)."""
+    def train(self, task, stop_on_low_quality: bool = True, progress=None) -> dict:
+        """Protocol 5 on archs[0], then the proxies. `task` is the graph's JSON (train to the
+        full budget) or a rung of a progressive hurdle, `{"graph": json, "steps": s,
+        "state": bytes or None}`: train every proxy to step s of the full schedule (from the
+        state of the previous rung, if any) and return the rung's scores with a
+        `checkpoint` (bytes) to continue from; at s = steps there is no checkpoint.
+        `progress(step, steps)` is passed to every training (the eval command's bar)."""
         start = time.perf_counter()
         archs = self.config.archs
+        graph_json, until, state = _task(task, self.config.steps)
         record = {"status": "ok", "reason": None, **{f"acc_{a}": None for a in archs},
-                  "seconds": 0.0, "stage_seconds": {}}
+                  "steps_trained": until, "seconds": 0.0, "stage_seconds": {}}
         stages = record["stage_seconds"]
 
         def finish():
@@ -132,38 +138,85 @@ class Evaluator:
         except Exception as err:
             record.update(status="failed", reason=f"graph does not load: {err}")
             return finish()
-
-        quality_steps = min(self.config.quality_steps, self.config.steps)
-        full_first = quality_steps >= self.config.steps
-        result = self._run(graph, archs[0], quality_steps, progress)
-        stages["quality"] = _seconds(result)
-        failure = _failure(result)
-        if failure:
-            record.update(status="failed", reason=f"{archs[0]}: {failure}")
-            return finish()
-        if full_first:
-            record[f"acc_{archs[0]}"] = _accuracy(result)
-        verdict = self.quality.judge(_accuracy(result), _seconds(result),
-                                     f"after {quality_steps} steps on {archs[0]}")
-        if verdict.status is not None:
-            record.update(status=verdict.status, reason=verdict.reason)
-            if stop_on_low_quality:
+        states = _load_states(state, self.device) if state else {}
+        first = None
+        if not states:
+            first = self._quality(graph, record, until, states, stop_on_low_quality, progress)
+            if first is None:
                 return finish()
-        for arch in archs[1:] if full_first else archs:
-            result = self._run(graph, arch, self.config.steps, progress)
-            stages[arch] = _seconds(result)
+        checkpoint = {}
+        for arch in archs:
+            if first is not None and arch == archs[0] and first.steps_done == until:
+                result = first        # the quality run already reached the rung
+            else:
+                result = self._run(graph, arch, until, progress, states.get(arch))
+                stages[arch] = stages.get(arch, 0.0) + _seconds(result)
             failure = _failure(result)
             if failure:
                 record.update(status="failed", reason=f"{arch}: {failure}")
                 return finish()
             record[f"acc_{arch}"] = _accuracy(result)
+            if until < self.config.steps:
+                checkpoint[arch] = result.state
+        if checkpoint:
+            record["checkpoint"] = _dump_states(checkpoint)
         return finish()
 
-    def _run(self, graph, arch, steps, progress=None):
+    def _quality(self, graph, record, until, states, stop_on_low_quality, progress):
+        """Protocol 5: the first `quality_steps` of archs[0]'s training (its full schedule),
+        scored. The training goes on from there (its state is left in `states`), so a
+        candidate that passes pays only for one evaluation. Returns the training's result,
+        or None when the record is settled: failed, or low quality with stop_on_low_quality."""
+        arch = self.config.archs[0]
+        steps = min(self.config.quality_steps, until)
+        result = self._run(graph, arch, steps, progress)
+        record["stage_seconds"]["quality"] = _seconds(result)
+        failure = _failure(result)
+        if failure:
+            record.update(status="failed", reason=f"{arch}: {failure}")
+            return None
+        if result.state is not None:
+            states[arch] = result.state
+        verdict = self.quality.judge(_accuracy(result), _seconds(result), f"after {steps} steps on {arch}")
+        if verdict.status is not None:
+            record.update(status=verdict.status, reason=verdict.reason)
+            if stop_on_low_quality:
+                return None
+        return result
+
+    def _run(self, graph, arch, until, progress=None, resume=None):
+        """archs' training on the full budget's schedule, halted at step `until`."""
         try:
-            return self.train_arch(graph, arch, steps, progress)
+            return self.train_arch(graph, arch, None, progress, until, resume)
         except Exception as err:  # the trainer promises not to raise; be safe anyway
             return _Failed(f"training raised {type(err).__name__}: {err}")
+
+
+def _task(task, steps: int) -> tuple[str, int, bytes | None]:
+    """(graph JSON, the step to train to, the previous rung's checkpoint)."""
+    if isinstance(task, dict):
+        until = int(task.get("steps") or steps)
+        if not 1 <= until <= steps or task.get("total", steps) != steps:
+            raise ValueError(f"a rung of {task.get('total')} steps reached a worker that trains {steps}")
+        return task["graph"], until, task.get("state")
+    return task, steps, None
+
+
+def _dump_states(states: dict) -> bytes:
+    import io
+
+    import torch
+    buffer = io.BytesIO()
+    torch.save(states, buffer)
+    return buffer.getvalue()
+
+
+def _load_states(blob: bytes, device) -> dict:
+    """A rung's checkpoint: tensors and plain containers only (weights_only: no pickle)."""
+    import io
+
+    import torch
+    return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
 
 
 @dataclass

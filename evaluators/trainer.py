@@ -92,6 +92,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from primitives.codegen import is_unit_coefficient
+
 from .proxies import build_proxy
 
 # On CPU, compile only when at least this many training images go through the
@@ -134,6 +136,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     augment: bool | str = "auto"         # "auto": from the second epoch on; True: always; False: never
     threads: int | None = None           # torch intra-op threads during this training (restored after)
+    unit_lr: float = 0.003               # poly/rational unit coefficients: this times lr, no decay
 
     def __post_init__(self):
         problems = []
@@ -156,6 +159,9 @@ class TrainConfig:
         if self.check_every != "auto" and (isinstance(self.check_every, bool)
                                            or not isinstance(self.check_every, int) or self.check_every < 1):
             problems.append(f"check_every must be 'auto' or a positive integer, got {self.check_every!r}")
+        if not (isinstance(self.unit_lr, (int, float)) and not isinstance(self.unit_lr, bool)
+                and 0 <= self.unit_lr <= 1):
+            problems.append(f"unit_lr must lie in [0, 1], got {self.unit_lr!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             problems.append(f"threads must be a positive integer or None, got {self.threads!r}")
@@ -197,6 +203,7 @@ class TrainResult:
     eval_seconds: float = 0.0
     note: str | None = None              # e.g. a compile failure that fell back to eager
     losses: list[float] = field(default_factory=list, repr=False)
+    state: dict | None = field(default=None, repr=False)  # to continue a training halted early
 
     @property
     def ok(self) -> bool:
@@ -228,6 +235,22 @@ def should_compile(model: nn.Module, config: TrainConfig, device) -> bool:
     return config.steps * config.batch_size >= AUTO_COMPILE_MIN_IMAGES
 
 
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """SGD groups: weight decay on conv/linear weights only; the coefficients of the
+    layers' polynomial and rational units on their own, at `config.unit_lr` times the
+    learning rate and without weight decay (decay would pull a unit towards zero, not
+    towards the identity it starts from). A unit's curvature grows like the moments
+    E[e^2k] of its input, outliers included: at the full rate a cubic's leading
+    coefficient grew to 0.2 in 30 steps and then blew the network up (README,
+    "Polynomial and rational units")."""
+    units = [p for name, p in model.named_parameters() if is_unit_coefficient(name)]
+    unit_ids = {id(p) for p in units}
+    rest = [p for p in model.parameters() if id(p) not in unit_ids]
+    return [{"params": [p for p in rest if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0},
+            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0},
+            {"params": units, "weight_decay": 0.0, "lr_scale": config.unit_lr}]
+
+
 def _compile(model: nn.Module):
     return torch.compile(model, dynamic=False, fullgraph=False)
 
@@ -255,21 +278,28 @@ def evaluate_accuracy(model: nn.Module, dataset, split: str = "val", batch_size:
 
 
 def train_and_score(model: nn.Module, dataset, config: TrainConfig | None = None, device="cpu",
-                    split: str = "val", progress: Callable[[int, int], None] | None = None) -> TrainResult:
+                    split: str = "val", progress: Callable[[int, int], None] | None = None,
+                    stop_at: int | None = None, resume: dict | None = None) -> TrainResult:
     """Train `model` for `config.steps` steps on `dataset`'s training split and score
-    it on `split`. Never raises for a bad model: failures come back in `reason`."""
+    it on `split`. Never raises for a bad model: failures come back in `reason`.
+
+    `stop_at` halts the training after that many steps of the same schedule (a rung of
+    a progressive hurdle), scores it and returns its `state`; passing that state back as
+    `resume` (with a freshly built model) continues to `config.steps`, and the result
+    equals the uninterrupted training's, bit for bit on CPU."""
     config = config or TrainConfig()
+    args = (model, dataset, config, device, split, progress, stop_at, resume)
     if config.threads is None:
-        return _train_and_score(model, dataset, config, device, split, progress)
+        return _train_and_score(*args)
     before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train_and_score(model, dataset, config, device, split, progress)
+        return _train_and_score(*args)
     finally:
         torch.set_num_threads(before)
 
 
-def _train_and_score(model, dataset, config, device, split, progress) -> TrainResult:
+def _train_and_score(model, dataset, config, device, split, progress, stop_at=None, resume=None) -> TrainResult:
     start = time.perf_counter()
     device = torch.device(device)
     step = 0
@@ -293,13 +323,13 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
         cuda = device.type == "cuda"
         amp_dtype = config.amp_dtype(device)
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        opt = torch.optim.SGD(param_groups(model, config), lr=config.lr, momentum=config.momentum,
+                              nesterov=config.nesterov)
         gen = torch.Generator(device="cpu").manual_seed(config.seed)
         batches = dataset.train_batches(config.batch_size, gen, AUGMENT_FROM_EPOCH[config.augment])
+        end = config.steps if stop_at is None else min(stop_at, config.steps)
+        if resume is not None:
+            step, losses = _load_state(resume, model, opt, scaler, batches)
         net = _compile(model) if should_compile(model, config, device) else model
         compiled = net is not model
         check_every = config.check_interval(device)
@@ -319,12 +349,13 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
 
         first_step_seconds = 0.0
         t_train = time.perf_counter()
-        while step < config.steps:
+        first = step
+        while step < end:
             for group in opt.param_groups:
-                group["lr"] = config.lr_at(step)
+                group["lr"] = config.lr_at(step) * group["lr_scale"]
             x, y = next(batches)
             t0 = time.perf_counter()
-            if step == 0 and compiled:
+            if step == first and compiled:
                 try:
                     loss = run_step(net, x, y)
                 except Exception as err:
@@ -335,11 +366,11 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
                     loss = run_step(net, x, y)
             else:
                 loss = run_step(net, x, y)
-            if step == 0:
+            if step == first:
                 first_step_seconds = time.perf_counter() - t0
             pending.append(loss)
             step += 1
-            if len(pending) >= check_every or step == config.steps:
+            if len(pending) >= check_every or step == end:
                 values = torch.stack(pending).float().tolist()
                 pending.clear()
                 for i, v in enumerate(values):
@@ -354,20 +385,42 @@ def _train_and_score(model, dataset, config, device, split, progress) -> TrainRe
         if cuda:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t_train
-        if compiled and config.steps > 1:
-            rest = (train_seconds - first_step_seconds) / (config.steps - 1)
+        done = step - first
+        if compiled and done > 1:
+            rest = (train_seconds - first_step_seconds) / (done - 1)
             compile_seconds = max(0.0, first_step_seconds - rest)
-        images_per_second = config.steps * config.batch_size / max(1e-9, train_seconds - compile_seconds)
+        images_per_second = done * config.batch_size / max(1e-9, train_seconds - compile_seconds)
         t_eval = time.perf_counter()
         acc, reason = evaluate_accuracy(model, dataset, split, config.eval_batch_size, amp_dtype)
-        return result(acc, reason, images_per_second, time.perf_counter() - t_eval)
+        out = result(acc, reason, images_per_second, time.perf_counter() - t_eval)
+        if step < config.steps and reason is None:
+            out.state = _save_state(step, losses, model, opt, scaler, batches)
+        return out
     except Exception as err:
         return result(reason=f"{_one_line(err)} (at step {step})")
 
 
+def _save_state(step, losses, model, opt, scaler, batches) -> dict:
+    """Everything a halted training needs to go on: weights and buffers, the optimiser's
+    momentum, the loss scaler, the batch stream's position and RNG, the steps done."""
+    return {"step": step, "losses": list(losses), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scaler": None if scaler is None else scaler.state_dict(),
+            "batches": batches.state()}
+
+
+def _load_state(state, model, opt, scaler, batches) -> tuple[int, list[float]]:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    batches.load_state(state["batches"])
+    return int(state["step"]), list(state["losses"])
+
+
 def build_and_train(arch: str, layer_factory, dataset, config: TrainConfig | None = None, device="cpu",
                     split: str = "val", progress=None, width: int | None = None,
-                    depth: int | None = None) -> TrainResult:
+                    depth: int | None = None, stop_at: int | None = None,
+                    resume: dict | None = None) -> TrainResult:
     """Seed, build proxy `arch` around `layer_factory` (on CPU, so the initial weights do
     not depend on the device), train and score it. Never raises for a bad layer; an
     unknown arch is still a `ProxyError`."""
@@ -385,4 +438,4 @@ def build_and_train(arch: str, layer_factory, dataset, config: TrainConfig | Non
         return TrainResult(accuracy=None, final_loss=None, steps_done=0,
                            seconds=time.perf_counter() - start, compile_seconds=0.0,
                            images_per_second=0.0, reason=f"building {arch} failed: {_one_line(err)}")
-    return train_and_score(model, dataset, config, device, split, progress)
+    return train_and_score(model, dataset, config, device, split, progress, stop_at, resume)

@@ -50,6 +50,10 @@ class SearchConfig:
     cost: bool = False                   # add params_per_channel (minimised) to the objectives
     evaluator: str = "train"             # train (real proxies) | surrogate (cheap stand-in for tests)
     surrogate_seconds: float = 0.0       # CPU-bound work per surrogate evaluation
+    hurdles: bool = True                 # progressive hurdles: train in rungs, stop the dominated
+    rungs: tuple[float, ...] = (0.34, 1.0)  # rung ends as fractions of the steps (the last is 1)
+    hurdle_share: float = 0.5            # stop when more than this share of rung peers dominate
+    hurdle_window: int = 32              # rung peers: the most recent this many measured there
     max_retries: int = 2                 # resubmissions of a candidate whose worker died
     flush_every: int = 20                # records per part file (at most)
     flush_seconds: float = 30.0          # and at least this often
@@ -64,12 +68,21 @@ class SearchConfig:
     def goals(self) -> tuple[str, ...]:
         return ("max",) * len(self.archs) + (("min",) if self.cost else ())
 
+    def rung_steps(self, steps: int) -> tuple[int, ...]:
+        """The step counts at which a candidate faces a hurdle, ending with the budget;
+        just (steps,) with hurdles off."""
+        if not self.hurdles:
+            return (steps,)
+        ends = sorted({max(1, min(steps, round(f * steps))) for f in self.rungs} | {steps})
+        return tuple(ends)
+
     def default_out(self) -> str:
         return os.path.join("results", f"{time.strftime('%Y%m%d-%H%M%S')}-{self.mode}-s{self.seed}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["archs"], d["seed_formulas"] = list(self.archs), list(self.seed_formulas)
+        d["rungs"] = list(self.rungs)
         return d
 
     @classmethod
@@ -88,12 +101,12 @@ class SearchConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
 _INT = {"workers", "budget", "steps", "batch_size", "seed", "max_degree", "population",
-        "tournament", "max_retries", "flush_every"}
-_FLOAT = {"gpus_per_worker", "lr", "surrogate_seconds", "flush_seconds"}
+        "tournament", "max_retries", "flush_every", "hurdle_window"}
+_FLOAT = {"gpus_per_worker", "lr", "surrogate_seconds", "flush_seconds", "hurdle_share"}
 _STR = {"out", "address", "dataset", "data_root", "mode", "executor", "evaluator"}
 _CHOICES = {"dataset": DATASETS, "mode": MODES, "executor": EXECUTORS, "evaluator": EVALUATORS}
 _MIN = {"workers": 1, "budget": 1, "steps": 1, "batch_size": 1, "max_degree": 1, "population": 1,
-        "tournament": 1, "max_retries": 0, "flush_every": 1, "seed": 0}
+        "tournament": 1, "max_retries": 0, "flush_every": 1, "seed": 0, "hurdle_window": 1}
 
 
 def _check(key: str, value):
@@ -114,12 +127,19 @@ def _check(key: str, value):
             raise ConfigError(f"{key} must be a non-negative number, got {value}")
         if key == "lr" and value == 0:
             raise ConfigError("lr must be positive")
+        if key == "hurdle_share" and value > 1:
+            raise ConfigError(f"hurdle_share must lie in [0, 1], got {value}")
     elif key in _STR:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(_CHOICES[key])})")
-    elif key in ("cost", "library_seeds"):
+    elif key == "rungs":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in value):
+            raise ConfigError(f"rungs must be a list of fractions in (0, 1], got {value!r}")
+        value = tuple(sorted(float(v) for v in value))
+    elif key in ("cost", "library_seeds", "hurdles"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
     elif key in ("archs", "seed_formulas"):

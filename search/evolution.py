@@ -114,7 +114,7 @@ class Driver:
             self.screen.remember(record)
             self.pending[cid], self.graphs[cid] = record, Graph.from_json(record["graph"])
             self.next_id = max(self.next_id, cid + 1)
-            self._submit(cid, int(record["rung"]), state)
+            self._submit(cid, int(record.pop("rung")), state)
 
     def _remember_rungs(self, record) -> None:
         rungs = record.get("rung_scores")

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STATUSES = ("ok", "invalid", "duplicate", "equivalent", "unstable", "low_quality", "failed")
+from evaluators.record import STATUSES  # noqa: F401  (one list of statuses)
 PART_RE = re.compile(r"^part-(\d+)\.parquet$")
 CANDIDATES = "candidates"
 RUN_JSON = "run.json"
@@ -53,6 +53,8 @@ def candidate_schema(archs):
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
         pa.field("mutation", pa.string()),
         pa.field("stage_seconds", pa.string()),
+        pa.field("steps_trained", pa.int64()),
+        pa.field("rung_scores", pa.string()),
     ]
     return pa.schema(fields)
 

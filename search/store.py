@@ -26,6 +26,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .files import write_atomic as _write_atomic  # one atomic writer for every output
 from .pareto import pareto_mask
 from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_of,
                      candidate_schema, objectives_of, part_files, read_parts, read_run_json,
@@ -33,39 +34,10 @@ from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_o
 
 __all__ = ["RunStore", "RunDirError", "STATUSES", "candidate_schema"]
 
-_INT = ("id", "parent_id", "equivalent_to", "params_per_channel", "poly_degree", "inference_degree")
+_INT = ("id", "parent_id", "equivalent_to", "params_per_channel", "poly_degree", "inference_degree",
+        "steps_trained")
 _STR = ("formula", "graph", "graph_hash", "status", "reason", "worker", "mutation")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """write(fileobj) into a hidden temp file next to `path`, fsync, rename over `path`."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+PENDING = "pending"   # checkpoints of candidates between the rungs of a progressive hurdle
 
 
 class RunStore:
@@ -94,6 +66,7 @@ class RunStore:
         self._seq = 0
         self._warned: set[str] = set()
         self._closed = False
+        self._recorded_checkpoints: set[int] = set()   # removed once their record is on disk
         # the front, kept in memory: rows and their objective points (minimisation not applied)
         self._front_rows: list[dict] = []
         self._front_points: list[tuple] = []
@@ -184,6 +157,9 @@ class RunStore:
         self._buffer = []
         self._seq += 1
         self._written.append(table)
+        for cid in [c for c in self._recorded_checkpoints if c in {r["id"] for r in rows}]:
+            self._recorded_checkpoints.discard(cid)
+            self._remove_checkpoint(cid)
         if self._update_front(rows):
             self._write_front()
 
@@ -201,6 +177,43 @@ class RunStore:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    # -- candidates between rungs -----------------------------------------------------------------
+    def save_checkpoint(self, cid: int, record: dict, state: bytes) -> None:
+        """Keep a candidate that cleared a hurdle (its record so far and its training state)
+        so that a resumed run continues it instead of losing or retraining it."""
+        folder = self.dir / PENDING
+        folder.mkdir(exist_ok=True)
+        text = json.dumps(record, sort_keys=True, default=str).encode("utf-8")
+        _write_atomic(folder / f"{cid}.state", lambda f: f.write(state))
+        _write_atomic(folder / f"{cid}.json", lambda f: f.write(text))   # written last: complete
+
+    def drop_checkpoint(self, cid: int) -> None:
+        """The candidate is recorded: its checkpoint goes once the record is in a part file."""
+        if (self.dir / PENDING / f"{cid}.json").exists():
+            self._recorded_checkpoints.add(cid)
+
+    def checkpoints(self) -> list[tuple[dict, bytes]]:
+        """(record, state) of every candidate left between rungs, id order; checkpoints of
+        candidates already recorded (a crash between the two writes) are removed."""
+        folder, out = self.dir / PENDING, []
+        for path in sorted(folder.glob("*.json"), key=lambda p: int(p.stem)) if folder.is_dir() else []:
+            cid = int(path.stem)
+            if cid in self.ids:
+                self._remove_checkpoint(cid)
+                continue
+            try:
+                out.append((json.loads(path.read_text("utf-8")), (folder / f"{cid}.state").read_bytes()))
+            except (OSError, ValueError) as err:
+                raise RunDirError(f"{path}: unreadable checkpoint: {err}") from None
+        return out
+
+    def _remove_checkpoint(self, cid: int) -> None:
+        for suffix in (".json", ".state"):
+            try:
+                os.unlink(self.dir / PENDING / f"{cid}{suffix}")
+            except FileNotFoundError:
+                pass
 
     # -- reading (resume) --------------------------------------------------------------------------
     def table(self):
@@ -334,6 +347,16 @@ class MemoryStore:
     def __init__(self):
         self.records: list[dict] = []
         self.next_id = 0
+        self.saved: dict[int, tuple[dict, bytes]] = {}
+
+    def save_checkpoint(self, cid: int, record: dict, state: bytes) -> None:
+        self.saved[cid] = (json.loads(json.dumps(record, default=str)), state)
+
+    def drop_checkpoint(self, cid: int) -> None:
+        self.saved.pop(cid, None)
+
+    def checkpoints(self) -> list[tuple[dict, bytes]]:
+        return [self.saved[c] for c in sorted(self.saved)]
 
     def append(self, record: dict) -> None:
         self.records.append(dict(record))

@@ -37,6 +37,9 @@ _FLAGS = [
     ("--tournament", "tournament", int, "tournament size S (default 4)"),
     ("--evaluator", "evaluator", str, "train (default) or surrogate (a cheap stand-in for smoke tests)"),
     ("--surrogate-seconds", "surrogate_seconds", float, "CPU work per surrogate evaluation (default 0)"),
+    ("--hurdle-share", "hurdle_share", float, "stop a candidate when more than this share of its rung "
+                                               "peers beat it on every proxy (default 0.5)"),
+    ("--hurdle-window", "hurdle_window", int, "rung peers: the most recent this many (default 32)"),
     ("--max-retries", "max_retries", int, "resubmissions when a worker dies (default 2)"),
     ("--flush-every", "flush_every", int, "records per part file at most (default 20)"),
     ("--flush-seconds", "flush_seconds", float, "write a part file at least this often (default 30)"),
@@ -54,6 +57,12 @@ def add_arguments(parser):
     parser.add_argument("--no-library-seeds", dest="library_seeds", action="store_false", default=None,
                         help="start from random layers only (default: the first population also holds "
                              "the reference layers that fit the mode)")
+    parser.add_argument("--hurdles", dest="hurdles", action="store_true", default=None,
+                        help="train in rungs and stop candidates their peers clearly beat (default)")
+    parser.add_argument("--no-hurdles", dest="hurdles", action="store_false", default=None,
+                        help="train every screened candidate to the full budget")
+    parser.add_argument("--rungs", nargs="+", type=float, default=None, metavar="FRACTION",
+                        help="where the hurdles stand, as fractions of the steps (default 0.34 1.0)")
     parser.add_argument("--cost", dest="cost", action="store_true", default=None,
                         help="add parameters per channel (minimised) to the objectives")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -140,7 +149,7 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
     from search.files import check_writable_dir
     from search.store import RunDirError, RunStore
 
-    records = []
+    records, checkpoints = [], []
     store = executor = None
     try:
         # before the executor starts and before a store opens (closing one writes the front)
@@ -149,7 +158,7 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
         if not create:
             try:
                 store = RunStore.open(run_dir, **_store_options(config))
-                records = store.records()
+                records, checkpoints = store.records(), store.checkpoints()
             except RunDirError as err:
                 raise UsageError(str(err)) from None
             if len(records) >= config.budget:
@@ -166,8 +175,8 @@ def execute(config, mode, run_dir: str, create: bool, quiet: bool = False) -> in
                 raise UsageError(str(err)) from None
         driver = Driver(config, mode, store, screen, executor, start_id=store.next_id, done=len(records),
                         progress=None if quiet else sys.stderr)
-        if records:
-            driver.restore(records)
+        if records or checkpoints:
+            driver.restore(records, checkpoints)
         print(f"{'resuming' if records else 'search'}: {run_dir} ({len(records)} of {config.budget} "
               f"records, {executor.capacity} worker(s), {config.executor} executor)", file=sys.stderr)
         driver.run()
@@ -205,7 +214,8 @@ def _store_options(config) -> dict:
 
 
 def run(args) -> int:
-    flags = [dest for _, dest, _, _ in _FLAGS] + ["archs", "seed_formulas", "cost", "library_seeds"]
+    flags = [dest for _, dest, _, _ in _FLAGS] + ["archs", "seed_formulas", "cost", "library_seeds",
+                                                  "hurdles", "rungs"]
     config = config_from_args(args, flags)
     out = config.out or config.default_out()
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

@@ -22,7 +22,7 @@ FORMULAS = [
     "rational(x - batch_mean(x)) * gamma + beta",
     "abs(x) / channel_std(x) * gamma + beta",
 ]
-REJECTED = ["invalid", "duplicate", "equivalent", "unstable", "low_quality", "failed"]
+REJECTED = ["invalid", "duplicate", "equivalent", "unstable", "low_quality", "stopped", "failed"]
 
 
 def synthetic_records(n: int, archs=("resnet", "mobilenetv2"), seed: int = 0, initial: int = 6,
@@ -53,7 +53,7 @@ def synthetic_records(n: int, archs=("resnet", "mobilenetv2"), seed: int = 0, in
         }
         if status in ("duplicate", "equivalent") and ok_ids:
             rec["equivalent_to"] = rng.choice(ok_ids)
-        if status in ("ok", "low_quality", "duplicate", "equivalent"):
+        if status in ("ok", "low_quality", "stopped", "duplicate", "equivalent"):
             for a in archs:
                 v = rng.random()
                 rec[f"acc_{a}"] = round(v, 2) if ties else v
@@ -79,6 +79,16 @@ def write_run(path, n: int = 60, archs=("resnet", "mobilenetv2"), seed: int = 0,
         for rec in synthetic_records(n, archs, seed):
             store.append(rec)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """torch's thread count is process-wide: a test that changes it must put it back (the
+    `one_thread` fixtures do), or every later test runs with it."""
+    import torch
+    before = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == before, f"torch threads left at {torch.get_num_threads()}, were {before}"
 
 
 @pytest.fixture

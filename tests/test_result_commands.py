@@ -182,7 +182,10 @@ def test_to_optuna_best_trials_equal_front(request, capsys, tmp_path, fixture):
     storage = JournalStorage(JournalFileBackend(str(storage_file)))
     study = optuna.load_study(study_name=path.name, storage=storage)
     run = load_run(path)
-    assert len(study.trials) == int((run.candidates["status"] == "ok").sum())
+    statuses = run.candidates["status"]
+    assert len(study.trials) == int(statuses.isin(["ok", "stopped"]).sum())
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert sorted(t.user_attrs["id"] for t in pruned) == sorted(run.candidates["id"][statuses == "stopped"])
     assert sorted(t.user_attrs["id"] for t in study.best_trials) == front_ids
     assert sorted(t.params["id"] for t in study.best_trials) == front_ids
     t = study.best_trials[0]

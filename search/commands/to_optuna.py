@@ -1,6 +1,8 @@
 """`evonorm to-optuna DIR --storage FILE`: a run as an Optuna study (journal file storage).
 
-One completed trial per accepted (`ok`) candidate with every objective present;
+One completed trial per accepted (`ok`) candidate with every objective present,
+and one pruned trial per candidate `stopped` at a progressive hurdle (Optuna's own
+word for it; its rung scores and `steps_trained` in the user attributes);
 values are the run's objectives (proxy accuracies maximised, a cost minimised),
 `params` = {"id": candidate id}, user attributes carry the formula, graph hash,
 parent, mutation and the layer's properties, so `optuna-dashboard FILE` and
@@ -37,13 +39,12 @@ def trials_for(run):
     objectives = run.objectives
     directions = ["maximize" if g == "max" else "minimize" for _, g in objectives]
     df = run.candidates
-    ok = df[df["status"] == "ok"]
     cols = [c for c, _ in objectives]
-    ok = ok.dropna(subset=cols)
+    ok = df[(df["status"] == "ok") & df[cols].notna().all(axis=1) | (df["status"] == "stopped")]
     max_id = int(df["id"].max()) if len(df) else 0
     dist = {"id": IntDistribution(0, max(max_id, 1))}
     attrs = ["formula", "graph_hash", "parent_id", "mutation", "params_per_channel", "uses_batch_stats",
-             "poly_degree", "seconds", "worker", *run.acc_columns]
+             "poly_degree", "seconds", "worker", "steps_trained", *run.acc_columns]
     trials = []
     for rec in ok.to_dict(orient="records"):
         user_attrs = {"id": int(rec["id"])}
@@ -51,9 +52,11 @@ def trials_for(run):
             v = _value(rec.get(a))
             if v is not None:
                 user_attrs[a] = v
+        done = rec["status"] == "ok"
         trials.append(optuna.trial.create_trial(
-            values=[float(rec[c]) for c in cols], params={"id": int(rec["id"])}, distributions=dist,
-            user_attrs=user_attrs))
+            state=optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.PRUNED,
+            values=[float(rec[c]) for c in cols] if done else None, params={"id": int(rec["id"])},
+            distributions=dist, user_attrs=user_attrs))
     return directions, trials
 
 

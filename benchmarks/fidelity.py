@@ -1,0 +1,165 @@
+"""Are rung scores a fair early look at full scores? And do hurdles buy candidates?
+
+Part 1, `rank` (default): the `ok` layers of a run directory (results/example: 49
+distinct trainings) are trained once per proxy on real Fashion-MNIST, halted at each
+rung (the progressive hurdles' step counts, and protocol 5's quality_steps), scored,
+and continued to the full budget. Printed: Kendall's tau per proxy between each
+rung's scores and the full scores, and which layers of the full-score front a
+hurdle at that rung would have stopped (replayed in id order, as the search would).
+
+Part 2, `search`: two default searches from the same seed, hurdles on and off, run
+side by side with one worker each for the same wall time, then stopped (SIGTERM).
+Printed: full trainings, candidates judged, front hypervolume (reference: the
+worst accuracy of any trained layer, minus 0.01), wasted trainings (rows whose
+scores copy another's bit for bit).
+
+    python benchmarks/fidelity.py rank --run results/example --limit 40
+    python benchmarks/fidelity.py search --minutes 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def rank(args) -> None:
+    import pandas as pd
+    import torch
+
+    from evaluators.evaluate import EvalConfig, Evaluator
+    from primitives import Graph
+    from search.config import build_config
+
+    torch.set_num_threads(args.threads)
+    df = pd.read_parquet(Path(args.run) / "candidates")
+    archs = ["resnet", "mobilenetv2", "efficientnet"]
+    ok = df[df.status == "ok"].drop_duplicates([f"acc_{a}" for a in archs]).sort_values("id").head(args.limit)
+    config = EvalConfig()
+    rungs = sorted({config.quality_steps, *build_config().rung_steps(config.steps)[:-1]})
+    evaluator = Evaluator(config)
+    rows = []
+    for n, (_, row) in enumerate(ok.iterrows()):
+        graph, out = Graph.from_json(row["graph"]), {"id": int(row["id"])}
+        for arch in archs:
+            state, start = None, time.perf_counter()
+            for steps in [*rungs, config.steps]:
+                result = evaluator.train_arch(graph, arch, None, stop_at=steps, resume=state)
+                out[f"{arch}@{steps}"], state = result.accuracy, result.state
+            out[f"{arch}_s"] = time.perf_counter() - start
+        rows.append(out)
+        if args.save:
+            pd.DataFrame(rows).to_csv(args.save, index=False)
+        print(f"[{n + 1}/{len(ok)}] #{out['id']} " + " ".join(
+            f"{a} {out[f'{a}@{config.steps}']}" for a in archs), file=sys.stderr, flush=True)
+    summarise(pd.DataFrame(rows), args.run, rungs, config.steps)
+
+
+def summarise(table, run, rungs, total) -> None:
+    """Kendall tau per proxy and rung; which full-score front layers each hurdle would stop."""
+    from scipy.stats import kendalltau
+
+    from search.config import build_config
+    from search.hurdles import Hurdles
+    from search.pareto import pareto_mask
+
+    archs = ["resnet", "mobilenetv2", "efficientnet"]
+    table = table.dropna()
+    print(f"{len(table)} layers from {run}, full budget {total} steps; Kendall tau with the full score:")
+    print(f"{'rung':>6} " + " ".join(f"{a:>13}" for a in archs))
+    for steps in rungs:
+        taus = [kendalltau(table[f"{a}@{steps}"], table[f"{a}@{total}"]).statistic for a in archs]
+        print(f"{steps:>6} " + " ".join(f"{t:>13.2f}" for t in taus))
+    full = table[[f"{a}@{total}" for a in archs]].to_numpy()
+    front = set(table["id"][pareto_mask(full, ["max"] * 3)])
+    defaults = build_config()
+    for steps in rungs:
+        hurdles = Hurdles(1, defaults.hurdle_share, defaults.hurdle_window)
+        stopped = []
+        for _, r in table.iterrows():
+            point = [r[f"{a}@{steps}"] for a in archs]
+            if not hurdles.judge(0, point).passed:
+                stopped.append(int(r["id"]))
+            hurdles.add(0, point)
+        lost = sorted(front & set(stopped))
+        print(f"hurdle at {steps} steps: stops {len(stopped)} of {len(table)} "
+              f"(saves {len(stopped) * (1 - steps / total):.1f} full trainings); "
+              f"of the {len(front)} full-score front layers it stops {len(lost)} {lost}")
+
+
+def search(args) -> None:
+    out = Path(args.out)
+    arms = {"hurdles": ["--hurdles"], "no-hurdles": ["--no-hurdles"]}
+    procs = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, flags in arms.items():
+        cmd = [sys.executable, "-m", "search.cli", "search", "--executor", "local", "--budget", "100000",
+               "--seed", str(args.seed), "--out", str(out / name), "--quiet", *flags]
+        procs[name] = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    time.sleep(args.minutes * 60)
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        p.wait(timeout=600)
+    report(out, list(arms))
+
+
+def report(out: Path, names) -> None:
+    from search.pareto import hypervolume, pareto_mask
+    from search.rundir import load_run
+
+    frames = {name: load_run(out / name).candidates for name in names}
+    accs = ["acc_resnet", "acc_mobilenetv2", "acc_efficientnet"]
+    trained = [f[f["status"].isin(["ok", "stopped"])] for f in frames.values()]
+    ref = min(float(t[accs].min().min()) for t in trained) - 0.01
+    print(f"{'arm':>11} {'records':>8} {'trained':>8} {'full':>6} {'stopped':>8} {'wasted':>7} "
+          f"{'worker-h':>9} {'judged/h':>9} {'hypervolume':>12}")
+    for name, df in frames.items():
+        full = df[df["status"] == "ok"]
+        stopped = int((df["status"] == "stopped").sum())
+        trained = df[df["status"].isin(["ok", "stopped", "low_quality", "failed"])]
+        wasted = int(trained.duplicated(accs).sum() - trained[accs].isna().all(axis=1).sum().clip(0))
+        hours = float(df["seconds"].sum()) / 3600
+        points = full[accs].to_numpy(dtype=float)
+        front = points[pareto_mask(points, ["max"] * 3)] if len(points) else points
+        hv = hypervolume(front, ["max"] * 3, [ref] * 3) if len(front) else 0.0
+        print(f"{name:>11} {len(df):>8} {len(trained):>8} {len(full):>6} {stopped:>8} {wasted:>7} "
+              f"{hours:>9.2f} {len(df) / max(hours, 1e-9):>9.1f} {hv:>12.6f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part")
+    r = sub.add_parser("rank")
+    r.add_argument("--run", default="results/example")
+    r.add_argument("--limit", type=int, default=40)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--save", help="CSV of every layer's rung and full scores")
+    s = sub.add_parser("search")
+    s.add_argument("--minutes", type=float, default=30)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="results/fidelity")
+    p = sub.add_parser("report", help="part 2's table again, from its run directories")
+    p.add_argument("--out", default="results/fidelity")
+    t = sub.add_parser("summary", help="part 1's table again, from a --save CSV")
+    t.add_argument("csv")
+    args = parser.parse_args(sys.argv[1:] or ["rank"])
+    if args.part == "summary":
+        import pandas as pd
+        table = pd.read_csv(args.csv)
+        steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
+        summarise(table, args.csv, steps[:-1], steps[-1])
+        return
+    {"rank": rank, "search": search, "report": lambda a: report(Path(a.out), ["hurdles", "no-hurdles"])}[
+        args.part or "rank"](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -125,9 +125,6 @@ def test_a_run_on_disk_has_every_record_once_with_consistent_copies(uninterrupte
     assert (frame["status"] == "stopped").sum() >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="a copy recorded at once (its original already finished) gets the "
-                   "original's acc_* but steps_trained null (search/evolution.py Driver._propose, "
-                   "record.update(self.scores.get(original, {}))); a held copy gets it")
 def test_copies_carry_the_steps_behind_the_scores_they_copy(uninterrupted):
     """DESIGN.md: steps_trained is the training behind the acc_<arch> scores."""
     frame = load_run(uninterrupted).candidates.set_index("id")

@@ -89,10 +89,24 @@ def init_ray(address: str | None = None, ship_code: bool | None = None, num_cpus
         if runtime_env:
             kwargs["runtime_env"] = runtime_env
         kwargs.pop("include_dashboard")
+        _check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
     return True
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must accept a connection: ray.init retries
+    an unreachable cluster for minutes, where a user wants a one-line error at once."""
+    import socket
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return                                  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({err.strerror or err})") from None
 
 
 class WorkerStartError(RuntimeError):

@@ -92,7 +92,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from primitives.codegen import is_unit_coefficient
+from primitives.codegen import unit_of
 
 from .proxies import build_proxy
 
@@ -136,7 +136,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     augment: bool | str = "auto"         # "auto": from the second epoch on; True: always; False: never
     threads: int | None = None           # torch intra-op threads during this training (restored after)
-    unit_lr: float = 0.003               # poly/rational unit coefficients: this times lr, no decay
+    poly_lr: float = 0.003               # poly unit coefficients: this times lr, no weight decay
+    rational_lr: float = 0.01            # rational unit coefficients: this times lr, no weight decay
 
     def __post_init__(self):
         problems = []
@@ -159,9 +160,10 @@ class TrainConfig:
         if self.check_every != "auto" and (isinstance(self.check_every, bool)
                                            or not isinstance(self.check_every, int) or self.check_every < 1):
             problems.append(f"check_every must be 'auto' or a positive integer, got {self.check_every!r}")
-        if not (isinstance(self.unit_lr, (int, float)) and not isinstance(self.unit_lr, bool)
-                and 0 <= self.unit_lr <= 1):
-            problems.append(f"unit_lr must lie in [0, 1], got {self.unit_lr!r}")
+        for key in ("poly_lr", "rational_lr"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                problems.append(f"{key} must lie in [0, 1], got {v!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             problems.append(f"threads must be a positive integer or None, got {self.threads!r}")
@@ -237,18 +239,22 @@ def should_compile(model: nn.Module, config: TrainConfig, device) -> bool:
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """SGD groups: weight decay on conv/linear weights only; the coefficients of the
-    layers' polynomial and rational units on their own, at `config.unit_lr` times the
-    learning rate and without weight decay (decay would pull a unit towards zero, not
-    towards the identity it starts from). A unit's curvature grows like the moments
-    E[e^2k] of its input, outliers included: at the full rate a cubic's leading
-    coefficient grew to 0.2 in 30 steps and then blew the network up (README,
-    "Polynomial and rational units")."""
-    units = [p for name, p in model.named_parameters() if is_unit_coefficient(name)]
-    unit_ids = {id(p) for p in units}
-    rest = [p for p in model.parameters() if id(p) not in unit_ids]
+    layers' polynomial and rational units on their own, at `config.poly_lr` and
+    `config.rational_lr` times the learning rate, without weight decay (decay pulls a
+    unit towards zero, not towards the activation it starts as). A unit's curvature
+    grows like the moments E[e^2k] of its input, outliers included: at the full rate
+    a cubic's leading coefficient grew to 0.2 in 30 steps, then the loss to 1e12. A
+    rational unit, whose denominator tames its tails, takes a higher rate than a
+    polynomial, which has nothing to (README, "Polynomial and rational units")."""
+    units = {"poly": [], "rational": []}
+    rest = []
+    for name, p in model.named_parameters():
+        kind = unit_of(name)
+        (units[kind] if kind else rest).append(p)
     return [{"params": [p for p in rest if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0},
             {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0},
-            {"params": units, "weight_decay": 0.0, "lr_scale": config.unit_lr}]
+            {"params": units["poly"], "weight_decay": 0.0, "lr_scale": config.poly_lr},
+            {"params": units["rational"], "weight_decay": 0.0, "lr_scale": config.rational_lr}]
 
 
 def _compile(model: nn.Module):

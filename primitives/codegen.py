@@ -12,6 +12,7 @@ them in eval mode.
 from __future__ import annotations
 
 import linecache
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -317,17 +318,36 @@ def _reductions(source, dims, want_mean, want_var, want_sq, mean, var, sq) -> li
     return lines
 
 
-def _horner(coefficients: str, count: int, variable: str, absolute: bool = False) -> str:
+# Unit coefficient parameters: poly<k> is (order + 1, C), rational<k>_num (p + 1, C) and
+# rational<k>_den (q, C); row i multiplies e**i (the denominator's row i, |e|**(i + 1)).
+_UNIT_PARAMETER = re.compile(r"(poly\d+|rational\d+_(num|den))")
+
+
+def unit_of(name: str) -> str | None:
+    """"poly" or "rational" for the (dotted) name of a unit's coefficient parameter, else
+    None; the trainer gives these their own learning rates and no weight decay."""
+    match = _UNIT_PARAMETER.fullmatch(name.rsplit(".", 1)[-1])
+    return None if match is None else ("poly" if match.group(1).startswith("poly") else "rational")
+
+
+def is_unit_coefficient(name: str) -> bool:
+    return unit_of(name) is not None
+
+
+def _horner(coefficients: str, count: int, variable: str) -> str:
     """c[0] + v * (c[1] + v * (... c[count-1])) with per-channel coefficient rows."""
-    term = lambda i: f"{coefficients}[{i}].abs()" if absolute else f"{coefficients}[{i}]"
-    expr = term(count - 1)
+    expr = f"{coefficients}[{count - 1}]"
     for i in range(count - 2, -1, -1):
-        expr = f"{term(i)} + {variable} * ({expr})"
+        expr = f"{coefficients}[{i}] + {variable} * ({expr})"
     return expr
 
 
 def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
-    """Learnable per-channel polynomial or pole-free rational, initialised to identity."""
+    """Learnable per-channel polynomial or pole-free rational, initialised to identity.
+
+    The denominator's |b_k| is written `where(b < 0, -b, b)`: the same value, but its
+    gradient at b = 0 is 1 where `abs` gives 0, which would keep a denominator that
+    starts at zero (the identity) at zero for ever: the unit would stay a polynomial."""
     identity = lambda n: f"torch.tensor([{', '.join('1.0' if i == 1 else '0.0' for i in range(n))}]).repeat(channels, 1).T.contiguous()"
     if node.op == "poly":
         n = node.attrs["order"] + 1
@@ -340,9 +360,9 @@ def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
     m.params[num] = identity(p)
     m.params[den] = f"torch.zeros({q}, channels)"
     m.prologue.append(f"{num} = self.{num}.view(({p},) + pshape)")
-    m.prologue.append(f"{den} = self.{den}.view(({q},) + pshape)")
+    m.prologue.append(f"{den} = torch.where(self.{den} < 0, -self.{den}, self.{den}).view(({q},) + pshape)")
     m.body.append(f"a{index} = abs({arg})")
-    denominator = f"1.0 + a{index} * ({_horner(den, q, f'a{index}', absolute=True)})"
+    denominator = f"1.0 + a{index} * ({_horner(den, q, f'a{index}')})"
     return f"({_horner(num, p, arg)}) / ({denominator})", 2
 
 

@@ -4,7 +4,8 @@
 - `sample`: no batch moments, so the layer works at any batch size (EvoNorm's S-series).
 - `polynomial`: only ops that keep a polynomial in x at inference (+ - * neg,
   integer powers, `poly` units, means and variances, and batch standard
-  deviations and RMS, which are constants in the eval-mode layer), and the
+  deviations and RMS, which are constants in the eval-mode layer, so `/` by
+  them too), and the
   layer's inference degree (`Graph.inference_degree`: its degree in x with every
   batch moment a constant) must be at most `max_degree` (layers fit for
   homomorphic encryption; BatchNorm followed by a cubic `poly` has degree 3).
@@ -51,6 +52,8 @@ class Mode:
         if self.name == "polynomial":
             if graph.inference_degree is None:
                 return "is not a polynomial in x at inference (polynomial mode)"
+            if graph.inference_degree == 0:  # x only through batch moments: a constant at inference
+                return "is constant in x at inference (polynomial mode)"
             if graph.inference_degree > self.max_degree:
                 return f"has inference degree {graph.inference_degree}, above --max-degree {self.max_degree}"
         return None

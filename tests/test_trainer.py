@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from evaluators.datasets import load_dataset
-from evaluators.proxies import PROXY_NAMES, ProxyError
+from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES, ProxyError
 from evaluators.trainer import TrainConfig, TrainResult, build_and_train, should_compile, train_and_score
 
 FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False, threads=1)
@@ -169,31 +169,63 @@ def test_train_and_score_directly(synthetic):
 # -- slow: the default budget on real Fashion-MNIST ----------------------------------------------
 
 def _reference_factories():
+    """torch's own BN-ReLU and every layer of the reference library (none left out)."""
+    from primitives import compile_layer, parse
+    from primitives.library import REFERENCE_LAYERS
     factories = {"bn-relu(torch)": bn_relu}
-    try:
-        from primitives import compile_layer, parse
-        from primitives.library import REFERENCE_LAYERS
-    except ImportError:
-        return factories
-    for name in ("bn-relu", "evonorm-b0", "evonorm-s0"):
-        graph = parse(REFERENCE_LAYERS[name])
+    for name, formula in REFERENCE_LAYERS.items():
+        graph = parse(formula)
         factories[name] = (lambda g: (lambda c: compile_layer(g, c)))(graph)
     return factories
 
 
+# Measured shortfalls of the 80% goal (README, "Polynomial and rational units"): strict, so
+# a fix shows up as a failure to remove the mark.
+_SHORTFALLS = {
+    ("resnet", "bn-square"): "10.5%: the square does not learn at lr 0.1",
+    ("mobilenetv2", "bn-square"): "non-finite output in evaluation",
+    ("mobilenetv2", "bn-poly"): "non-finite output in evaluation",
+    ("efficientnet", "bn-poly"): "non-finite loss at step 150",
+}
+
+
+def _cases(layers):
+    return [pytest.param(arch, layer, marks=pytest.mark.xfail(strict=True, reason=_SHORTFALLS[arch, layer]))
+            if (arch, layer) in _SHORTFALLS else (arch, layer)
+            for layer in layers for arch in SEARCH_PROXIES]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", PROXY_NAMES)
-@pytest.mark.parametrize("layer", list(_reference_factories()))
+@pytest.mark.parametrize("arch,layer", _cases(_reference_factories()))
 def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
-    # measured with one thread: 84.5-88.2% for the formula layers (EvoNorm-S0 lowest on mobilenetv2)
+    # every reference layer on every search proxy: 42 trainings of 15-40 s each, one thread
+    # (measured accuracies: README, "Polynomial and rational units")
     from evaluators.datasets import SYSTEM_FASHION_MNIST
     assert (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), \
         "apt-get install dataset-fashion-mnist (.ci/setup does)"
-    ds = load_dataset("fashion-mnist", download=False)
-    result = build_and_train(arch, _reference_factories()[layer], ds, TrainConfig(), "cpu")
+    result = _default_training(arch, layer)
     assert result.reason is None, result.reason
     assert result.steps_done == TrainConfig().steps
     assert result.accuracy >= 0.80, (arch, layer, result)
+
+
+_TRAINED: dict = {}
+
+
+def _default_training(arch, layer):
+    """The default-budget training of one reference layer on one proxy, once per session."""
+    if (arch, layer) not in _TRAINED:
+        ds = load_dataset("fashion-mnist", download=False)
+        _TRAINED[arch, layer] = build_and_train(arch, _reference_factories()[layer], ds, TrainConfig(), "cpu")
+    return _TRAINED[arch, layer]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,layer", _cases(["bn-poly", "bn-rational"]))
+def test_units_train_within_two_points_of_bn_relu(arch, layer):
+    unit, reference = _default_training(arch, layer), _default_training(arch, "bn-relu")
+    assert unit.ok and reference.ok, (unit.reason, reference.reason)
+    assert unit.accuracy >= reference.accuracy - 0.02, (arch, layer, unit.accuracy, reference.accuracy)
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def run(args) -> int:
     from evaluators.datasets import DATASET_NAMES, DatasetError, load_dataset
     from evaluators.evaluate import EvalConfig, Evaluator, Screen, resolve_device
     from evaluators.proxies import PROXY_NAMES
-    from primitives.library import BASELINES, REFERENCE_LAYERS
+    from primitives.library import REFERENCE_LAYERS, baselines
 
     archs = tuple(dict.fromkeys(args.arch)) if args.arch else PROXY_NAMES
     for arch in archs:
@@ -67,7 +67,9 @@ def run(args) -> int:
 
     layers = [("candidate", graph)]
     if not args.no_baselines:
-        layers += [(name, parse(REFERENCE_LAYERS[name])) for name in BASELINES]
+        # a layer fit for encrypted inference is also compared with the square activation
+        mode = "batch" if graph.inference_degree is None else "polynomial"
+        layers += [(name, parse(REFERENCE_LAYERS[name])) for name in baselines(mode)]
     evaluator = Evaluator(config, dataset=dataset)
 
     from tqdm import tqdm

@@ -15,6 +15,13 @@ candidate; the only fixed activations are inside squeeze-excite gates):
 - ``efficientnet``: MBConv blocks (Tan & Le 2019) with squeeze-excite (SiLU and
   sigmoid gate, ratio 0.25), 3x3 and 5x5 depthwise kernels; expand -> layer ->
   depthwise -> layer -> SE -> project -> layer; a 1x1 head -> layer.
+- ``plainnet`` (held out: never searched on by default, see `SEARCH_PROXIES`):
+  VGG-style (Simonyan & Zisserman 2015), a plain stack of ``conv3x3 -> layer``
+  pairs with no residual connections: a 3x3 stem, then three stages of widths
+  w, 2w, 4w with `depth` pairs each and 2x2 max-pooling between them, global
+  pooling and a linear classifier. Without shortcuts the signal passes through
+  every layer, so normalisation matters most here; a layer that only works
+  beside an identity path shows it. Positions: ``3 * depth + 1``.
 
 `width` is the base channel count (the first stage's width; later stages scale
 with it) and `depth` the number of blocks in each repeated stage. Defaults are
@@ -28,13 +35,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-PROXY_NAMES = ("resnet", "mobilenetv2", "efficientnet")
+PROXY_NAMES = ("resnet", "mobilenetv2", "efficientnet", "plainnet")
+# the proxies a search uses by default; the rest are held out, to test transfer (`retrain`)
+SEARCH_PROXIES = ("resnet", "mobilenetv2", "efficientnet")
+HELD_OUT = tuple(n for n in PROXY_NAMES if n not in SEARCH_PROXIES)
 LayerFactory = Callable[[int], nn.Module]
 
 DEFAULTS = {  # name -> (width, depth)
     "resnet": (16, 1),
     "mobilenetv2": (16, 1),
     "efficientnet": (16, 1),
+    "plainnet": (16, 2),
 }
 
 
@@ -151,6 +162,27 @@ class MobileProxy(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+# ----------------------------------------------------------------------------- PlainNet (VGG-style)
+
+class PlainProxy(nn.Module):
+    """conv3x3 -> layer, stacked: no shortcut around any layer."""
+
+    def __init__(self, layer, in_channels, num_classes, width=16, depth=2, stem_stride=2):
+        super().__init__()
+        parts, cin = [_conv(in_channels, width, 3, stem_stride), layer(width)], width
+        for i, w in enumerate((width, 2 * width, 4 * width)):
+            if i:
+                parts.append(nn.MaxPool2d(2))
+            for _ in range(depth):
+                parts += [_conv(cin, w, 3), layer(w)]
+                cin = w
+        self.features = nn.Sequential(*parts)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
 # ----------------------------------------------------------------------------- factory
 
 def build_proxy(name: str, layer_factory: LayerFactory, in_channels: int, num_classes: int,
@@ -172,6 +204,8 @@ def build_proxy(name: str, layer_factory: LayerFactory, in_channels: int, num_cl
     stem_stride = 2 if image_size >= 24 else 1
     if name == "resnet":
         return ResNetProxy(layer_factory, in_channels, num_classes, width, depth, stem_stride)
+    if name == "plainnet":
+        return PlainProxy(layer_factory, in_channels, num_classes, width, depth, stem_stride)
     if name == "mobilenetv2":
         return MobileProxy(layer_factory, in_channels, num_classes, width, depth, MOBILENETV2_STAGES,
                            stem_stride=stem_stride)
@@ -186,6 +220,8 @@ def norm_positions(name: str, depth: int | None = None) -> int:
     depth = DEFAULTS[name][1] if depth is None else depth
     if name == "resnet":
         return 6 * depth + 1
+    if name == "plainnet":
+        return 3 * depth + 1
     stages = MOBILENETV2_STAGES if name == "mobilenetv2" else EFFICIENTNET_STAGES
     count = 2  # stem and head
     for expand, _, n, _, _ in stages:

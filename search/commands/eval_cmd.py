@@ -17,7 +17,8 @@ from search.cli import UsageError
 def add_arguments(parser):
     parser.add_argument("formula", help='a layer formula in x, e.g. "x * sigmoid(v1 * x) / group_std(x) * gamma + beta"')
     parser.add_argument("--arch", action="append", metavar="NAME",
-                        help="proxy architecture (repeatable; default: all of resnet, mobilenetv2, efficientnet)")
+                        help="proxy architecture (repeatable; default: resnet, mobilenetv2, efficientnet; "
+                             "plainnet is the held-out one)")
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
     parser.add_argument("--steps", type=int, default=None, help="training steps per proxy (default: the trainer's)")
     parser.add_argument("--data-root", default=None, help="directory holding the dataset files")
@@ -38,10 +39,10 @@ def run(args) -> int:
 
     from evaluators.datasets import DATASET_NAMES, DatasetError, load_dataset
     from evaluators.evaluate import EvalConfig, Evaluator, Screen, resolve_device
-    from evaluators.proxies import PROXY_NAMES
+    from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
     from primitives.library import REFERENCE_LAYERS, baselines
 
-    archs = tuple(dict.fromkeys(args.arch)) if args.arch else PROXY_NAMES
+    archs = tuple(dict.fromkeys(args.arch)) if args.arch else SEARCH_PROXIES
     for arch in archs:
         if arch not in PROXY_NAMES:
             raise UsageError(f"unknown arch {arch!r} (expected one of: {', '.join(PROXY_NAMES)})")

@@ -77,7 +77,7 @@ class Driver:
         self.counts: Counter = Counter()      # status -> records, this session
         self.best = {k: -math.inf for k in self.acc_keys}
         self.front: list[tuple] = []          # objective points of the current front
-        self.scores: dict[int, dict] = {}     # id -> acc_* of records that have some
+        self.scores: dict[int, dict] = {}     # id -> acc_* and steps_trained of records with scores
         self.pending: dict[int, dict] = {}    # id -> record being trained
         self.held: dict[int, list] = defaultdict(list)  # original id -> records waiting for its scores
         self.held_on: dict[int, int] = {}     # held id -> the training id it waits for
@@ -102,7 +102,7 @@ class Driver:
             self.screen.remember(r)
             accs = {k: r.get(k) for k in self.acc_keys}
             if any(_num(v) is not None for v in accs.values()):
-                self.scores[int(r["id"])] = accs
+                self.scores[int(r["id"])] = {**accs, "steps_trained": r.get("steps_trained")}
             if r.get("status") == "ok":
                 ok.append(r)
                 self._update_front(r)
@@ -250,7 +250,7 @@ class Driver:
         self.done += 1
         accs = {k: record.get(k) for k in self.acc_keys}
         if any(v is not None for v in accs.values()):
-            self.scores[record["id"]] = accs
+            self.scores[record["id"]] = {**accs, "steps_trained": record.get("steps_trained")}
         self.counts[record["status"]] += 1
         if record["status"] == "ok":
             self._update_front(record)

@@ -185,6 +185,8 @@ def _reference_factories():
 _SHORTFALLS = {
     ("efficientnet", "gn-relu"): "69.8%: at chance (10.4%) still after 102 steps, a slow start",
     ("mobilenetv2", "ln-gelu"): "75.8%",
+    ("mobilenetv2", "polynorm"): "below 80% (measured this stop, one thread)",
+    ("efficientnet", "polynorm"): "below 80% (measured this stop, one thread)",
     ("resnet", "bn-square"): "10.5%: the square does not learn at lr 0.1",
     ("mobilenetv2", "bn-square"): "non-finite output in evaluation",
     ("efficientnet", "bn-square"): "non-finite output in evaluation",

@@ -25,7 +25,7 @@ def test_children_valid_different_and_in_mode(mode_name):
         if mode_name == "sample":
             assert not child.uses_batch_stats
         if mode_name == "polynomial":
-            assert child.poly_degree is not None and child.poly_degree <= 3
+            assert child.inference_degree is not None and child.inference_degree <= 3   # what the mode bounds
     assert kinds == set(KINDS)
 
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 from .modes import MODES
 
+from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
+
 DATASETS = ("fashion-mnist", "cifar10", "synthetic")
-ARCHS = ("resnet", "mobilenetv2", "efficientnet")
+ARCHS = SEARCH_PROXIES        # the default; any of PROXY_NAMES (the held-out plainnet too) may be chosen
 EXECUTORS = ("local", "ray")
 EVALUATORS = ("train", "surrogate")
 
@@ -151,8 +153,8 @@ def _check(key: str, value):
             if not value:
                 raise ConfigError("archs may not be empty")
             for a in value:
-                if a not in ARCHS:
-                    raise ConfigError(f"unknown arch {a!r} (choose from {', '.join(ARCHS)})")
+                if a not in PROXY_NAMES:
+                    raise ConfigError(f"unknown arch {a!r} (choose from {', '.join(PROXY_NAMES)})")
             if len(set(value)) != len(value):
                 raise ConfigError("archs lists an arch twice")
     elif key == "eval":

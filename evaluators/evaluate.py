@@ -24,6 +24,30 @@ _TRAIN_DEFAULTS = _trainer.TrainConfig()
 from .record import STATUSES  # noqa: F401  (part of this module's face)
 
 
+def scaled_lr(batch_size: int, lr_at_default_batch: float = _TRAIN_DEFAULTS.lr) -> float:
+    """The learning rate for `batch_size`: linear scaling (Goyal et al. 2017, "Accurate,
+    large minibatch SGD") from `lr_at_default_batch` at the trainer's default batch,
+    0.1 at 128, so batch 8 trains at 0.00625. SGD's noise scale goes as lr / batch:
+    keeping the ratio keeps a small-batch training about as noisy per image as the default."""
+    return lr_at_default_batch * batch_size / _TRAIN_DEFAULTS.batch_size
+
+
+# A training step's cost on a CPU core grows like (batch + STEP_OVERHEAD_IMAGES): a fixed
+# per-step overhead worth about 10 images, fitted to benchmarks/batch_cost.py (one thread,
+# the four proxies, BN-ReLU and EvoNorm-S0: a batch-8 step costs 0.08-0.23 of a batch-128
+# one, a batch-32 step 0.26-0.43).
+STEP_OVERHEAD_IMAGES = 10
+
+
+def recommended_steps(batch_size: int) -> int:
+    """The step count at which a candidate trained at `batch_size` costs about what the
+    default one (300 steps of 128) does on a CPU core: 300 at 128, 990 at 32, 1590 at 16,
+    2300 at 8 (then it sees 18,400 images against the default's 38,400). Rounded to 10."""
+    default = _TRAIN_DEFAULTS
+    steps = default.steps * (default.batch_size + STEP_OVERHEAD_IMAGES) / (batch_size + STEP_OVERHEAD_IMAGES)
+    return max(10, int(round(steps / 10)) * 10)
+
+
 @dataclass
 class EvalConfig:
     """Everything that decides a candidate's record (it goes into run.json)."""
@@ -33,7 +57,7 @@ class EvalConfig:
     archs: tuple[str, ...] = ("resnet", "mobilenetv2", "efficientnet")
     steps: int = _TRAIN_DEFAULTS.steps
     batch_size: int = _TRAIN_DEFAULTS.batch_size
-    lr: float = _TRAIN_DEFAULTS.lr
+    lr: float | None = None              # None: scaled_lr(batch_size), 0.1 at the default 128
     seed: int = 0
     # protocol 5: archs[0]'s training is scored after quality_steps (then it goes on)
     quality_steps: int = max(1, _TRAIN_DEFAULTS.steps // 5)
@@ -45,6 +69,8 @@ class EvalConfig:
 
     def __post_init__(self):
         self.archs = tuple(self.archs)
+        if self.lr is None and isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool):
+            self.lr = scaled_lr(self.batch_size)
         problems = []
         if not self.archs:
             problems.append("archs is empty")
@@ -74,14 +100,15 @@ class EvalConfig:
             raise ValueError(f"unknown evaluation setting(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def train_config(self, steps: int | None = None):
-        """The trainer's config for one proxy training."""
-        return _trainer.TrainConfig(**_train_kwargs(self, steps))
+    def train_config(self, steps: int | None = None, seed: int | None = None):
+        """The trainer's config for one proxy training (`seed`: another seed than the run's,
+        for a confirmation)."""
+        return _trainer.TrainConfig(**_train_kwargs(self, steps, seed))
 
 
-def _train_kwargs(config: EvalConfig, steps: int | None) -> dict:
+def _train_kwargs(config: EvalConfig, steps: int | None, seed: int | None = None) -> dict:
     kwargs = dict(steps=steps or config.steps, batch_size=config.batch_size, lr=config.lr,
-                  seed=config.seed, compile=config.compile)
+                  seed=config.seed if seed is None else seed, compile=config.compile)
     names = {f.name for f in dataclasses.fields(_trainer.TrainConfig)}
     return {k: v for k, v in kwargs.items() if k in names}
 
@@ -106,13 +133,13 @@ class Evaluator:
         self.quality = Quality(self.config.quality_threshold)
 
     def train_arch(self, graph: Graph, arch: str, steps: int | None = None, progress=None,
-                   stop_at: int | None = None, resume: dict | None = None):
+                   stop_at: int | None = None, resume: dict | None = None, seed: int | None = None):
         """One proxy training (a TrainResult); never raises for a bad layer.
         `progress(step, steps)` is called after every step; `stop_at`/`resume` halt and
         continue it (see `trainer.train_and_score`)."""
         def factory(channels):
             return compile_layer(graph, channels)
-        return _trainer.build_and_train(arch, factory, self.dataset, self.config.train_config(steps),
+        return _trainer.build_and_train(arch, factory, self.dataset, self.config.train_config(steps, seed),
                                         self.device, progress=progress, stop_at=stop_at, resume=resume)
 
     def train(self, task, stop_on_low_quality: bool = True, progress=None) -> dict:
@@ -120,11 +147,12 @@ class Evaluator:
         full budget) or a rung of a progressive hurdle, `{"graph": json, "steps": s,
         "state": bytes or None}`: train every proxy to step s of the full schedule (from the
         state of the previous rung, if any) and return the rung's scores with a
-        `checkpoint` (bytes) to continue from; at s = steps there is no checkpoint.
+        `checkpoint` (bytes) to continue from; at s = steps there is no checkpoint. A task's
+        `"seed"` trains with that seed instead of the run's (a front candidate's confirmation).
         `progress(step, steps)` is passed to every training (the eval command's bar)."""
         start = time.perf_counter()
         archs = self.config.archs
-        graph_json, until, state = _task(task, self.config.steps)
+        graph_json, until, state, seed = _task(task, self.config.steps)
         record = {"status": "ok", "reason": None, **{f"acc_{a}": None for a in archs},
                   "steps_trained": until, "seconds": 0.0, "stage_seconds": {}}
         stages = record["stage_seconds"]
@@ -141,7 +169,7 @@ class Evaluator:
         states = _load_states(state, self.device) if state else {}
         first = None
         if not states:
-            first = self._quality(graph, record, until, states, stop_on_low_quality, progress)
+            first = self._quality(graph, record, until, states, stop_on_low_quality, progress, seed)
             if first is None:
                 return finish()
         checkpoint = {}
@@ -149,7 +177,7 @@ class Evaluator:
             if first is not None and arch == archs[0] and first.steps_done == until:
                 result = first        # the quality run already reached the rung
             else:
-                result = self._run(graph, arch, until, progress, states.get(arch))
+                result = self._run(graph, arch, until, progress, states.get(arch), seed)
                 stages[arch] = stages.get(arch, 0.0) + _seconds(result)
             failure = _failure(result)
             if failure:
@@ -162,14 +190,14 @@ class Evaluator:
             record["checkpoint"] = _dump_states(checkpoint)
         return finish()
 
-    def _quality(self, graph, record, until, states, stop_on_low_quality, progress):
+    def _quality(self, graph, record, until, states, stop_on_low_quality, progress, seed=None):
         """Protocol 5: the first `quality_steps` of archs[0]'s training (its full schedule),
         scored. The training goes on from there (its state is left in `states`), so a
         candidate that passes pays only for one evaluation. Returns the training's result,
         or None when the record is settled: failed, or low quality with stop_on_low_quality."""
         arch = self.config.archs[0]
         steps = min(self.config.quality_steps, until)
-        result = self._run(graph, arch, steps, progress)
+        result = self._run(graph, arch, steps, progress, None, seed)
         record["stage_seconds"]["quality"] = _seconds(result)
         failure = _failure(result)
         if failure:
@@ -184,22 +212,24 @@ class Evaluator:
                 return None
         return result
 
-    def _run(self, graph, arch, until, progress=None, resume=None):
+    def _run(self, graph, arch, until, progress=None, resume=None, seed=None):
         """archs' training on the full budget's schedule, halted at step `until`."""
         try:
-            return self.train_arch(graph, arch, None, progress, until, resume)
+            return self.train_arch(graph, arch, None, progress, until, resume, seed)
         except Exception as err:  # the trainer promises not to raise; be safe anyway
             return _Failed(f"training raised {type(err).__name__}: {err}")
 
 
-def _task(task, steps: int) -> tuple[str, int, bytes | None]:
-    """(graph JSON, the step to train to, the previous rung's checkpoint)."""
+def _task(task, steps: int) -> tuple[str, int, bytes | None, int | None]:
+    """(graph JSON, the step to train to, the previous rung's checkpoint, the seed or None
+    for the run's)."""
     if isinstance(task, dict):
         until = int(task.get("steps") or steps)
         if not 1 <= until <= steps or task.get("total", steps) != steps:
             raise ValueError(f"a rung of {task.get('total')} steps reached a worker that trains {steps}")
-        return task["graph"], until, task.get("state")
-    return task, steps, None
+        seed = task.get("seed")
+        return task["graph"], until, task.get("state"), None if seed is None else int(seed)
+    return task, steps, None, None
 
 
 def _dump_states(states: dict) -> bytes:

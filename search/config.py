@@ -56,6 +56,7 @@ class SearchConfig:
     rungs: tuple[float, ...] = (0.34, 1.0)  # rung ends as fractions of the steps (the last is 1)
     hurdle_share: float = 0.5            # stop when more than this share of rung peers dominate
     hurdle_window: int = 32              # rung peers: the most recent this many measured there
+    confirm: bool = True                 # a candidate entering the front is trained on seed+1 too
     max_retries: int = 2                 # resubmissions of a candidate whose worker died
     flush_every: int = 20                # records per part file (at most)
     flush_seconds: float = 30.0          # and at least this often
@@ -98,6 +99,12 @@ class SearchConfig:
         for key in ("steps", "batch_size", "lr"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
+        if self.batch_size is not None and self.steps is None and "steps" not in d:
+            # a candidate at another batch size costs what a default one does (and the lr
+            # scales with the batch: EvalConfig); protocol 5 judges at the same share
+            from evaluators.evaluate import recommended_steps
+            d["steps"] = recommended_steps(self.batch_size)
+            d.setdefault("quality_steps", max(1, d["steps"] // 5))
         return d
 
 
@@ -141,7 +148,7 @@ def _check(key: str, value):
                 isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in value):
             raise ConfigError(f"rungs must be a list of fractions in (0, 1], got {value!r}")
         value = tuple(sorted(float(v) for v in value))
-    elif key in ("cost", "library_seeds", "hurdles"):
+    elif key in ("cost", "library_seeds", "hurdles", "confirm"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
     elif key in ("archs", "seed_formulas"):

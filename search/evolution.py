@@ -13,6 +13,10 @@ One loop, one writer:
    is still training); the rest go to the executor.
 3. Record what the executor finished; `ok` candidates join the population and
    the oldest member leaves. (Copies never join: their original already did.)
+   With `confirm` on, an `ok` candidate whose scores would put it on the current
+   Pareto front is first trained again on seed + 1, and recorded with the mean
+   of the two seeds (each seed's scores in `seed_scores`, the second training's
+   time under `stage_seconds["confirm"]`): one seed's luck does not make a front.
 
 Candidates still training when a driver is killed are not recorded; a resumed
 run continues after the highest recorded id, so their ids stay unused.
@@ -85,6 +89,7 @@ class Driver:
         self.rung_steps = config.rung_steps(total_steps(config))
         self.hurdles = Hurdles(len(self.rung_steps), config.hurdle_share, config.hurdle_window)
         self.rung: dict[int, int] = {}        # pending id -> the rung it is training towards
+        self.confirming: set[int] = set()     # pending ids training on their second seed
         self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
         self.started = time.monotonic()
         self._last_report = 0.0
@@ -114,7 +119,11 @@ class Driver:
             self.screen.remember(record)
             self.pending[cid], self.graphs[cid] = record, Graph.from_json(record["graph"])
             self.next_id = max(self.next_id, cid + 1)
-            self._submit(cid, int(record.pop("rung")), state)
+            rung = int(record.pop("rung"))
+            if record.pop("confirm", False):
+                self._confirm(cid)
+            else:
+                self._submit(cid, rung, state)
 
     def _remember_rungs(self, record) -> None:
         rungs = record.get("rung_scores")
@@ -206,10 +215,20 @@ class Driver:
     def _finish(self, finished) -> None:
         cid = finished.candidate_id
         record, result = self.pending[cid], finished.result
-        _absorb(record, result, self.acc_keys, finished.worker)
-        rung = self.rung.pop(cid, 0)
-        if record["status"] == "ok" and rung < len(self.rung_steps) - 1:
-            if self._clears_hurdle(cid, record, rung, result.get("checkpoint")):
+        if cid in self.confirming:
+            self.confirming.discard(cid)
+            _absorb_confirmation(record, result, self.acc_keys, self.config.seed + 1)
+        else:
+            _absorb(record, result, self.acc_keys, finished.worker)
+            rung = self.rung.pop(cid, 0)
+            if record["status"] == "ok" and rung < len(self.rung_steps) - 1:
+                if self._clears_hurdle(cid, record, rung, result.get("checkpoint")):
+                    return
+            if self._needs_confirmation(record):
+                record["seed_scores"] = [{"seed": self.config.seed, **{k: record[k] for k in self.acc_keys}}]
+                self.store.save_checkpoint(cid, {**record, "rung": len(self.rung_steps) - 1,
+                                                 "confirm": True}, b"")
+                self._confirm(cid)
                 return
         del self.pending[cid]
         graph = self.graphs.pop(cid)
@@ -220,7 +239,8 @@ class Driver:
             self.population.add(Member(record["id"], graph, self._point(record)))
         for waiting in self.held.pop(record["id"], []):
             del self.held_on[waiting["id"]]
-            waiting.update(accs, steps_trained=record.get("steps_trained"))
+            waiting.update(accs, steps_trained=record.get("steps_trained"),
+                           seed_scores=record.get("seed_scores"))
             self._write(waiting)
 
     def _clears_hurdle(self, cid: int, record: dict, rung: int, state: bytes | None) -> bool:
@@ -241,11 +261,27 @@ class Driver:
         self._submit(cid, rung + 1, state)
         return True
 
+    def _needs_confirmation(self, record: dict) -> bool:
+        """An `ok` candidate (fully trained, on one seed) that would enter the current front."""
+        if not self.config.confirm or record["status"] != "ok" or record.get("seed_scores"):
+            return False
+        if any(_num(record.get(k)) is None for k in self.objectives):
+            return False
+        return bool(pareto_mask(self.front + [self._point(record)], self.goals)[-1])
+
+    def _confirm(self, cid: int) -> None:
+        """Train a front candidate again, in full, on the next seed."""
+        self.confirming.add(cid)
+        self.executor.submit(cid, {"graph": self.pending[cid]["graph"], "steps": self.rung_steps[-1],
+                                   "total": self.rung_steps[-1], "state": None,
+                                   "seed": self.config.seed + 1})
+
     def _write(self, record: dict) -> None:
         record["created_at"] = datetime.now(timezone.utc)
         record["stage_seconds"] = json.dumps(record.get("stage_seconds") or {}, sort_keys=True)
-        if isinstance(record.get("rung_scores"), list):
-            record["rung_scores"] = json.dumps(record["rung_scores"])
+        for key in ("rung_scores", "seed_scores"):
+            if isinstance(record.get(key), list):
+                record[key] = json.dumps(record[key])
         self.store.append(record)
         self.done += 1
         accs = {k: record.get(k) for k in self.acc_keys}
@@ -305,6 +341,24 @@ def _absorb(record: dict, result: dict, acc_keys, worker: str) -> None:
     for stage, seconds in (result.get("stage_seconds") or {}).items():
         stages[stage] = stages.get(stage, 0.0) + float(seconds)
     record["worker"] = worker
+
+
+def _absorb_confirmation(record: dict, result: dict, acc_keys, seed: int) -> None:
+    """Fold the second seed's full training into a front candidate's record: the scores
+    become the mean of the two seeds; a second training that is not `ok` settles the
+    record with its status (the first seed's scores stay, as measured)."""
+    second = {k: _num(result.get(k)) for k in acc_keys}
+    record["seed_scores"].append({"seed": seed, **second})
+    seconds = float(result.get("seconds") or 0.0)
+    record["seconds"] += seconds
+    record["stage_seconds"]["confirm"] = record["stage_seconds"].get("confirm", 0.0) + seconds
+    status = result.get("status", "failed")
+    if status != "ok" or any(v is None for v in second.values()):
+        record.update(status=status if status != "ok" else "failed",
+                      reason=f"seed {seed}: {result.get('reason') or 'no scores'}")
+        return
+    for k in acc_keys:
+        record[k] = sum(s[k] for s in record["seed_scores"]) / len(record["seed_scores"])
 
 
 def total_steps(config) -> int:

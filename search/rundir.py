@@ -55,6 +55,7 @@ def candidate_schema(archs):
         pa.field("stage_seconds", pa.string()),
         pa.field("steps_trained", pa.int64()),
         pa.field("rung_scores", pa.string()),
+        pa.field("seed_scores", pa.string()),
     ]
     return pa.schema(fields)
 

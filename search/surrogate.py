@@ -75,13 +75,16 @@ class SurrogateEvaluator:
     def train(self, task) -> dict:
         """A graph's JSON (the full budget) or a rung `{"graph", "steps", "total", "state"}`:
         a rung's scores are the full ones moved by a deterministic error that shrinks to 0
-        at the full budget, as early scores of a real training rank candidates roughly."""
+        at the full budget, as early scores of a real training rank candidates roughly.
+        A task's `"seed"` other than 0 (a confirmation) moves the scores by a deterministic
+        seed-to-seed spread of up to SEED_SPREAD; no seed is seed 0."""
         start = time.perf_counter()
         graph_json, steps, total = (task, 1, 1) if isinstance(task, str) else (
-            task["graph"], task["steps"], task["total"])
+            task["graph"], task.get("steps", 1), task.get("total", 1))
+        seed = 0 if isinstance(task, str) else int(task.get("seed") or 0)
         try:
             graph = Graph.from_json(graph_json)
-            accs = _at_rung(self.scores(graph), graph.hash, steps, total)
+            accs = _at_seed(_at_rung(self.scores(graph), graph.hash, steps, total), graph.hash, seed)
         except (GraphError, RuntimeError, ValueError) as err:
             return {"status": "failed", "reason": f"surrogate: {err}"[:200],
                     "seconds": time.perf_counter() - start, "stage_seconds": {}}
@@ -104,6 +107,17 @@ def _at_rung(accs: dict, graph_hash: str, steps: int, total: int) -> dict:
     rng = random.Random(f"{graph_hash}:{steps}")
     spread = 0.1 * (1 - steps / total)
     return {k: v + spread * rng.uniform(-1, 1) if math.isfinite(v) else v for k, v in accs.items()}
+
+
+SEED_SPREAD = 0.02
+
+
+def _at_seed(accs: dict, graph_hash: str, seed: int) -> dict:
+    if not seed:
+        return accs
+    import random
+    rng = random.Random(f"{graph_hash}:seed{seed}")
+    return {k: v + SEED_SPREAD * rng.uniform(-1, 1) if math.isfinite(v) else v for k, v in accs.items()}
 
 
 def _busy(seconds: float):

@@ -130,7 +130,7 @@ def test_hurdle_decision_matches_brute_force(seed):
 def _driver(store, budget=80, executor=None, records=(), checkpoints=(), start_id=0, **overrides):
     config = build_config(overrides=dict(evaluator="surrogate", executor="local", budget=budget,
                                          population=8, tournament=3, steps=30, rungs=[0.2, 0.5, 1.0],
-                                         hurdle_share=0.2, **overrides))
+                                         hurdle_share=0.2, confirm=False, **overrides))  # rungs alone
     spec = evaluator_spec(config)
     driver = Driver(config, get_mode("batch"), store, make_screen(spec), executor or LocalExecutor(spec),
                     start_id=start_id, done=len(records), progress=None)

@@ -46,7 +46,8 @@ def run(args) -> int:
         raise UsageError(f"{run_dir} is not a run directory (no run.json)") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"{info_path} is unreadable: {err}") from None
-    recorded = {"hurdles": False, **recorded}   # runs from before hurdles trained every candidate in full
+    # runs from before hurdles trained every candidate in full, and before confirmation on one seed
+    recorded = {"hurdles": False, "confirm": False, **recorded}
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _OVERRIDES}
     if overrides["budget"] is not None and overrides["budget"] < recorded.get("budget", 0):
         raise UsageError(f"--budget {overrides['budget']} is below the run's budget {recorded.get('budget')}")

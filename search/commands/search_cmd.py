@@ -27,9 +27,10 @@ _FLAGS = [
     ("--budget", "budget", int, "records in the run, rejected proposals included (default 120)"),
     ("--dataset", "dataset", str, "fashion-mnist (default), cifar10 or synthetic"),
     ("--data-root", "data_root", str, "where the dataset files are"),
-    ("--steps", "steps", int, "training steps per proxy (default: the evaluators' default)"),
-    ("--batch-size", "batch_size", int, "training batch size (default: the evaluators')"),
-    ("--lr", "lr", float, "learning rate (default: the evaluators')"),
+    ("--steps", "steps", int, "training steps per proxy (default 300 at batch 128; at another --batch-size "
+                              "the count at which a candidate costs the same, e.g. 2300 at 8)"),
+    ("--batch-size", "batch_size", int, "training batch size (default 128)"),
+    ("--lr", "lr", float, "learning rate (default 0.1 at batch 128, scaled linearly with --batch-size)"),
     ("--seed", "seed", int, "search seed (default 0)"),
     ("--mode", "mode", str, "batch (default), sample (no batch moments) or polynomial"),
     ("--max-degree", "max_degree", int, "degree limit in polynomial mode (default 4)"),
@@ -51,7 +52,8 @@ def add_arguments(parser):
     for flag, dest, kind, help_text in _FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
     parser.add_argument("--archs", nargs="+", default=None, metavar="ARCH",
-                        help="proxy architectures (default resnet mobilenetv2 efficientnet)")
+                        help="proxy architectures (default resnet mobilenetv2 efficientnet; plainnet, "
+                             "the held-out one, may be chosen too)")
     parser.add_argument("--seed-formula", dest="seed_formulas", action="append", default=None,
                         metavar="F", help="a known layer for the first population (repeatable)")
     parser.add_argument("--no-library-seeds", dest="library_seeds", action="store_false", default=None,
@@ -61,6 +63,11 @@ def add_arguments(parser):
                         help="train in rungs and stop candidates their peers clearly beat (default)")
     parser.add_argument("--no-hurdles", dest="hurdles", action="store_false", default=None,
                         help="train every screened candidate to the full budget")
+    parser.add_argument("--confirm", dest="confirm", action="store_true", default=None,
+                        help="train a candidate that would enter the Pareto front on a second seed and "
+                             "record the mean of the two (default)")
+    parser.add_argument("--no-confirm", dest="confirm", action="store_false", default=None,
+                        help="enter the front on one seed's scores")
     parser.add_argument("--rungs", nargs="+", type=float, default=None, metavar="FRACTION",
                         help="where the hurdles stand, as fractions of the steps (default 0.34 1.0)")
     parser.add_argument("--cost", dest="cost", action="store_true", default=None,
@@ -215,7 +222,7 @@ def _store_options(config) -> dict:
 
 def run(args) -> int:
     flags = [dest for _, dest, _, _ in _FLAGS] + ["archs", "seed_formulas", "cost", "library_seeds",
-                                                  "hurdles", "rungs"]
+                                                  "hurdles", "rungs", "confirm"]
     config = config_from_args(args, flags)
     out = config.out or config.default_out()
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

@@ -34,10 +34,14 @@ def run_dir(tmp_path):
 def test_retrain_top_layers_and_baselines(run_dir, capsys):
     # a front of ties except id 0 (best): the front is {0}; top 1 + 4 baselines
     assert main(["retrain", str(run_dir), "--top", "1", "--seeds", "2", "--trials", "2", "--steps", "12"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "TPE never left random sampling" in captured.err
     table = pq.read_table(run_dir / "retrain.parquet").to_pandas()
     assert list(dict.fromkeys(table["layer"])) == ["#0", "bn-relu", "gn-relu", "evonorm-b0", "evonorm-s0"]
-    assert len(table) == 5 * 2  # 5 layers x 2 seeds x 1 proxy
+    assert len(table) == 5 * 2 * 2  # 5 layers x 2 seeds x (1 proxy + the held-out plainnet)
+    assert set(table.loc[table["held_out"], "arch"]) == {"plainnet"}
+    assert set(table.loc[~table["held_out"], "arch"]) == {"resnet"}
     assert set(table["seed"]) == {1, 2} and (table["steps"] == 12).all()
     # one tuned lr per layer, used for all its seeds (how it is chosen: the test below)
     assert (table.groupby("layer")["lr"].nunique() == 1).all()
@@ -65,7 +69,7 @@ def test_lr_is_chosen_on_validation_and_scored_on_test(run_dir, capsys, monkeypa
 
     monkeypatch.setattr(evaluators.trainer, "build_and_train", fake)
     assert main(["retrain", str(run_dir), "--top", "1", "--no-baselines", "--seeds", "2", "--trials", "6",
-                 "--steps", "7", "--archs", "resnet"]) == 0
+                 "--steps", "7", "--archs", "resnet", "--no-held-out"]) == 0
     tuning, testing = calls[:6], calls[6:]
     assert [c["split"] for c in tuning] == ["val"] * 6 and [c["split"] for c in testing] == ["test"] * 2
     assert len({c["lr"] for c in tuning}) == 6 and all(0.02 <= c["lr"] <= 0.5 for c in tuning)
@@ -89,7 +93,7 @@ def test_bad_input_exits_2_and_writes_nothing(argv, run_dir, tmp_path, capsys):
 
 
 def test_retrain_in_worker_processes_matches_in_process(run_dir, tmp_path, capsys):
-    argv = ["--top", "1", "--seeds", "1", "--trials", "1", "--steps", "8", "--archs", "resnet"]
+    argv = ["--top", "1", "--seeds", "1", "--trials", "1", "--steps", "8", "--archs", "resnet", "--no-held-out"]
     assert main(["retrain", str(run_dir), *argv, "--workers", "2"]) == 0
     pooled = pq.read_table(run_dir / "retrain.parquet").to_pandas()
     assert main(["retrain", str(run_dir), *argv]) == 0
@@ -116,7 +120,77 @@ def test_front_members_with_identical_scores_are_retrained_once(tmp_path):
                           "uses_batch_stats": g.uses_batch_stats, "poly_degree": g.poly_degree, "seconds": 1.0,
                           "worker": "w", "created_at": datetime.now(timezone.utc)})
     argv = ["retrain", str(path), "--top", "2", "--no-baselines", "--archs", "resnet", "--steps", "2",
-            "--trials", "1", "--seeds", "1"]
+            "--trials", "1", "--seeds", "1", "--no-held-out"]
     assert main(argv) == 0
     table = pq.read_table(path / "retrain.parquet").to_pandas()
     assert list(table["layer"]) == ["#0", "#2"]  # #1 scored exactly like #0: the same run renamed
+
+
+def _recorder(calls, val_score=lambda config: 0.5, test_score=lambda arch, config: 0.5):
+    def fake(arch, factory, dataset, config, device, split="val", **kwargs):
+        calls.append({"arch": arch, "split": split, "lr": config.lr, "seed": config.seed,
+                      "steps": config.steps, "batch_size": config.batch_size})
+        score = val_score(config) if split == "val" else test_score(arch, config)
+        return SimpleNamespace(accuracy=score, reason=None, ok=True)
+    return fake
+
+
+def test_the_lr_study_starts_at_the_searchs_rate_and_leaves_tpes_start_up(run_dir, capsys, monkeypatch):
+    """By default: 12 trials, the first at the run's own lr (0.1 at batch 128), more than
+    the TPE sampler's random start-up (no warning); the best one is trained on test."""
+    import optuna
+
+    import evaluators.trainer
+    from search.commands.retrain import DEFAULT_TRIALS, STARTUP_TRIALS
+    calls, samplers = [], []
+    real = optuna.samplers.TPESampler
+
+    def recording_sampler(**kwargs):
+        samplers.append(kwargs)
+        return real(**kwargs)
+    monkeypatch.setattr(optuna.samplers, "TPESampler", recording_sampler)
+    peak = lambda config: 1 - abs(math.log(config.lr / 0.2))   # noqa: E731
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls, val_score=peak))
+    assert main(["retrain", str(run_dir), "--top", "1", "--no-baselines", "--seeds", "1", "--steps", "5",
+                 "--archs", "resnet", "--no-held-out"]) == 0
+    assert "never left" not in capsys.readouterr().err
+    assert DEFAULT_TRIALS > STARTUP_TRIALS
+    tuning = [c["lr"] for c in calls if c["split"] == "val"]
+    assert len(tuning) == DEFAULT_TRIALS and tuning[0] == pytest.approx(0.1)
+    assert [s["n_startup_trials"] for s in samplers] == [STARTUP_TRIALS]
+    assert len(set(tuning)) == DEFAULT_TRIALS
+    best = max(tuning, key=lambda lr: 1 - abs(math.log(lr / 0.2)))
+    assert [c["lr"] for c in calls if c["split"] == "test"] == [best]
+
+
+def test_held_out_proxy_uses_the_lr_tuned_on_the_searched_ones_and_reports_the_gap(run_dir, capsys,
+                                                                                   monkeypatch):
+    import evaluators.trainer
+    calls = []
+    scores = {"resnet": 0.9, "plainnet": 0.85}
+    monkeypatch.setattr(evaluators.trainer, "build_and_train",
+                        _recorder(calls, test_score=lambda arch, config: scores[arch] + config.seed / 1000))
+    assert main(["retrain", str(run_dir), "--top", "1", "--no-baselines", "--seeds", "2", "--trials", "3",
+                 "--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert {c["arch"] for c in calls if c["split"] == "val"} == {"resnet"}
+    assert {c["arch"] for c in calls if c["split"] == "test"} == {"resnet", "plainnet"}
+    table = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert table["lr"].nunique() == 1
+    # seeds 1 and 2 on both: the gap is 0.85 - 0.9 exactly
+    assert table["transfer_gap"].tolist() == [pytest.approx(-0.05)] * 4
+    assert "held out" in out and "-5.00" in out
+
+
+def test_batch_size_scales_the_lr_range_warm_start_and_steps(run_dir, capsys, monkeypatch):
+    import evaluators.trainer
+    from evaluators.evaluate import recommended_steps
+    calls = []
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls))
+    assert main(["retrain", str(run_dir), "--top", "1", "--no-baselines", "--seeds", "1", "--trials", "6",
+                 "--batch-size", "8", "--no-held-out"]) == 0
+    assert {c["batch_size"] for c in calls} == {8}
+    assert {c["steps"] for c in calls} == {2 * recommended_steps(8)}
+    tuning = [c["lr"] for c in calls if c["split"] == "val"]
+    assert tuning[0] == pytest.approx(0.1 * 8 / 128)
+    assert all(0.02 / 16 <= lr <= 0.5 / 16 for lr in tuning)

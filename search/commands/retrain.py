@@ -2,19 +2,38 @@
 
 For each layer (the K best of the front by mean accuracy, skipping members whose
 accuracies equal a better one's to the last digit, then the baselines
-BN-ReLU, GN-ReLU, EvoNorm-B0, EvoNorm-S0) a small Optuna TPE study tunes the
-learning rate on the validation split (mean accuracy over the proxies); the
-layer is then trained with that rate for several seeds on every proxy and
-scored on the held-out test set. Rows land in DIR/retrain.parquet (written
-atomically); the table of mean and spread is printed. With `--workers N` the
-layers are spread over N spawned processes (one torch thread each); rows still
-come back in layer order.
+BN-ReLU, GN-ReLU, EvoNorm-B0, EvoNorm-S0) an Optuna TPE study tunes the
+learning rate on the validation split (mean accuracy over the searched
+proxies). It starts at the search's own rate (enqueued as the first trial),
+then samples at random for TPE's start-up trials (STARTUP_TRIALS) and only
+after that models the objective: the default of 12 trials leaves the start-up
+with 7 model-guided trials; fewer than the start-up earn a warning. The layer
+is then trained with the best rate for several seeds on every proxy and scored
+on the test set.
+
+The held-out proxies (`plainnet`, never searched on by default) are trained
+too, with the rate tuned on the searched proxies (the held-out architecture
+plays no part in any choice), and the table reports each layer's transfer gap:
+its mean test accuracy on the held-out proxies minus its mean over the
+searched ones. Proxies differ in difficulty, so a gap means little alone: a
+layer transfers as well as BN-ReLU when its gap is no worse than BN-ReLU's.
+
+`--batch-size B` trains at batch B; unless `--lr-range` is given the range
+scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start.
+Rows land in DIR/retrain.parquet (written atomically); the table of mean and
+spread is printed. With `--workers N` the layers are spread over N spawned
+processes (one torch thread each); rows still come back in layer order.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
+
+# TPE's random start-up: trials sampled at random before it models the objective
+STARTUP_TRIALS = 5
+DEFAULT_TRIALS = 12
+LR_RANGE_AT_128 = (0.02, 0.5)
 
 from search.cli import UsageError
 from search.files import check_writable_file, write_atomic
@@ -24,10 +43,19 @@ def add_arguments(parser):
     parser.add_argument("run_dir", help="a run directory")
     parser.add_argument("--top", type=int, default=3, help="front layers to retrain (default 3)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per layer and proxy (default 3)")
-    parser.add_argument("--trials", type=int, default=5, help="Optuna trials per layer (default 5)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: twice the run's)")
-    parser.add_argument("--lr-range", type=float, nargs=2, default=(0.02, 0.5), metavar=("LOW", "HIGH"))
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                        help=f"Optuna trials per layer (default {DEFAULT_TRIALS}: the search's lr, "
+                             f"{STARTUP_TRIALS - 1} random, then TPE)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default: twice the run's, or twice the recommended steps "
+                             "at --batch-size when it differs from the run's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the run's)")
+    parser.add_argument("--lr-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="learning rates tried (default 0.02 0.5 at batch 128, scaled linearly "
+                             "with the batch size)")
     parser.add_argument("--archs", nargs="+", default=None, help="proxies (default: the run's)")
+    parser.add_argument("--no-held-out", dest="held_out", action="store_false",
+                        help="do not also train on the held-out proxies (default: plainnet too)")
     parser.add_argument("--dataset", default=None, help="dataset (default: the run's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")
@@ -47,19 +75,20 @@ def run(args) -> int:
     for name in ("top", "seeds", "trials"):
         if getattr(args, name) < (0 if name == "top" else 1):
             raise UsageError(f"--{name} must be {'non-negative' if name == 'top' else 'positive'}")
-    low, high = args.lr_range
-    if not 0 < low < high:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch-size must be positive")
+    if args.lr_range is not None and not 0 < args.lr_range[0] < args.lr_range[1]:
         raise UsageError("--lr-range needs 0 < LOW < HIGH")
     try:
         run_ = load_run(args.run_dir)
     except RunDirError as err:
         raise UsageError(str(err)) from None
     config = run_.info.get("config", {}) if isinstance(run_.info.get("config"), dict) else {}
-    archs = args.archs or run_.archs
     dataset_name = args.dataset or config.get("dataset", "fashion-mnist")
-    steps = args.steps or 2 * int(config.get("steps") or 300)
-    if steps < 1:
+    plan = _plan(args, run_)
+    if plan["steps"] < 1:
         raise UsageError("--steps must be positive")
+    archs = list(args.archs or run_.archs)
     output = args.output or run_.dir / "retrain.parquet"
     check_writable_file(output)  # before hours of training, not after
     layers = _layers(run_, args.top, not args.no_baselines)
@@ -70,20 +99,45 @@ def run(args) -> int:
     from evaluators.evaluate import resolve_device
     from evaluators.proxies import PROXY_NAMES
 
+    from evaluators.proxies import HELD_OUT
+
     unknown = [a for a in archs if a not in PROXY_NAMES]
     if unknown:
         raise UsageError(f"unknown arch {unknown[0]!r} (expected one of: {', '.join(PROXY_NAMES)})")
+    held_out = [a for a in HELD_OUT if a not in archs and a not in run_.archs] if args.held_out else []
+    if args.trials <= STARTUP_TRIALS:
+        print(f"evonorm: warning: {args.trials} trial(s) do not leave TPE's {STARTUP_TRIALS} random start-up "
+              f"trials: TPE never left random sampling (use --trials {DEFAULT_TRIALS})", file=sys.stderr)
     device = resolve_device(args.device)
     try:
         dataset = load_dataset(dataset_name, device, args.data_root or config.get("data_root"))
     except DatasetError as err:
         raise UsageError(str(err)) from None
 
-    rows = _retrain(layers, archs, dataset, device, steps, args, seed=int(run_.info.get("seed") or 0))
+    rows = _retrain(layers, archs, held_out, dataset, device, plan, args, seed=int(run_.info.get("seed") or 0))
+    _add_transfer_gaps(rows, held_out)
     _write(output, rows)
-    print(_table(rows, archs))
+    print(_table(rows, archs + held_out, held_out))
     print(f"\nwrote {output} ({len(rows)} trainings)", file=sys.stderr)
     return 0
+
+
+def _plan(args, run_) -> dict:
+    """Steps, batch size, lr range and warm-start lr of the retraining, from the flags and
+    the run's own evaluation settings (its lr was chosen for its batch size: it scales
+    linearly to ours)."""
+    from evaluators.evaluate import recommended_steps, scaled_lr
+
+    config = run_.info.get("config") if isinstance(run_.info.get("config"), dict) else {}
+    evals = run_.info.get("eval_config") if isinstance(run_.info.get("eval_config"), dict) else {}
+    run_batch = int(evals.get("batch_size") or config.get("batch_size") or 128)
+    run_steps = int(evals.get("steps") or config.get("steps") or recommended_steps(run_batch))
+    run_lr = float(evals.get("lr") or config.get("lr") or scaled_lr(run_batch))
+    batch = args.batch_size or run_batch
+    steps = args.steps or 2 * (run_steps if batch == run_batch else recommended_steps(batch))
+    low, high = args.lr_range or tuple(scaled_lr(batch, lr) for lr in LR_RANGE_AT_128)
+    warm = min(high, max(low, run_lr * batch / run_batch))
+    return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm}
 
 
 def _layers(run_, top: int, baselines: bool) -> list[dict]:
@@ -117,14 +171,15 @@ def _layers(run_, top: int, baselines: bool) -> list[dict]:
     return layers
 
 
-def _retrain(layers, archs, dataset, device, steps, args, seed) -> list[dict]:
+def _retrain(layers, archs, held_out, dataset, device, plan, args, seed) -> list[dict]:
     """All layers' rows in layer order: in this process, or over `--workers` processes."""
     from tqdm import tqdm
 
-    total = len(layers) * len(archs) * (args.trials + args.seeds)
+    total = len(layers) * (len(archs) * (args.trials + args.seeds) + len(held_out) * args.seeds)
     bar = tqdm(total=total, desc="retrain", unit="training", file=sys.stderr, dynamic_ncols=True)
-    job = {"archs": archs, "steps": steps, "trials": args.trials, "seeds": args.seeds,
-           "lr_range": tuple(args.lr_range), "seed": seed, "device": str(device)}
+    job = {"archs": archs, "held_out": held_out, "steps": plan["steps"], "batch_size": plan["batch_size"],
+           "trials": args.trials, "seeds": args.seeds, "lr_range": plan["lr_range"],
+           "warm_lr": plan["warm_lr"], "seed": seed, "device": str(device)}
     try:
         if args.workers == 1:
             def done(text):
@@ -138,8 +193,9 @@ def _retrain(layers, archs, dataset, device, steps, args, seed) -> list[dict]:
 
 def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     """One layer: an Optuna TPE study of the learning rate on the validation split
-    (mean over the proxies), then `seeds` test-set trainings per proxy at the best
-    rate. `done(text)` is called after every training."""
+    (mean over the searched proxies; the search's rate first), then `seeds` test-set
+    trainings per proxy, held-out ones included, at the best rate. `done(text)` is
+    called after every training."""
     import optuna
 
     from evaluators.trainer import TrainConfig, build_and_train
@@ -152,8 +208,8 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
         return compile_layer(graph, channels)
 
     def train(arch, lr, run_seed, split):
-        result = build_and_train(arch, factory, dataset, TrainConfig(steps=job["steps"], lr=lr, seed=run_seed),
-                                 job["device"], split=split)
+        config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
+        result = build_and_train(arch, factory, dataset, config, job["device"], split=split)
         done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
         return result
 
@@ -162,18 +218,20 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
         accs = [train(arch, lr, job["seed"], "val").accuracy for arch in job["archs"]]
         return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
 
-    sampler = optuna.samplers.TPESampler(seed=job["seed"], n_startup_trials=min(3, job["trials"]))
+    sampler = optuna.samplers.TPESampler(seed=job["seed"], n_startup_trials=STARTUP_TRIALS)
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"lr": job["warm_lr"]})
     study.optimize(objective, n_trials=job["trials"])
     lr = study.best_params["lr"]
     rows = []
     for s in range(job["seeds"]):
-        for arch in job["archs"]:
+        for arch in [*job["archs"], *job["held_out"]]:
             start = time.perf_counter()
             result = train(arch, lr, job["seed"] + 1 + s, "test")
             rows.append({"layer": layer["name"], "source": layer["source"],
                          "candidate_id": layer["candidate_id"], "formula": layer["formula"],
-                         "arch": arch, "seed": job["seed"] + 1 + s, "lr": lr, "steps": job["steps"],
+                         "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
+                         "lr": lr, "steps": job["steps"], "batch_size": job["batch_size"],
                          "val_acc_tuned": study.best_value, "test_acc": result.accuracy,
                          "reason": result.reason, "seconds": time.perf_counter() - start})
     return rows
@@ -225,15 +283,39 @@ def _write(path, rows):
     import pyarrow.parquet as pq
 
     schema = pa.schema([("layer", pa.string()), ("source", pa.string()), ("candidate_id", pa.int64()),
-                        ("formula", pa.string()), ("arch", pa.string()), ("seed", pa.int64()),
-                        ("lr", pa.float64()), ("steps", pa.int64()), ("val_acc_tuned", pa.float64()),
-                        ("test_acc", pa.float64()), ("reason", pa.string()), ("seconds", pa.float64())])
+                        ("formula", pa.string()), ("arch", pa.string()), ("held_out", pa.bool_()),
+                        ("seed", pa.int64()), ("lr", pa.float64()), ("steps", pa.int64()),
+                        ("batch_size", pa.int64()), ("val_acc_tuned", pa.float64()),
+                        ("test_acc", pa.float64()), ("transfer_gap", pa.float64()), ("reason", pa.string()),
+                        ("seconds", pa.float64())])
     table = pa.Table.from_pylist(rows, schema=schema)
     write_atomic(path, lambda f: pq.write_table(table, f))
 
 
-def _table(rows, archs) -> str:
-    """One line per layer: tuned lr, test accuracy mean ± std per proxy, and over all."""
+def _mean_acc(rows):
+    values = [r["test_acc"] for r in rows if r["test_acc"] is not None and math.isfinite(r["test_acc"])]
+    return sum(values) / len(values) if values else None
+
+
+def _add_transfer_gaps(rows, held_out) -> None:
+    """Each row's `transfer_gap`: its layer's mean test accuracy on the held-out proxies
+    minus the mean over the searched proxies of each one's mean (None without held-out
+    proxies or with a failed proxy)."""
+    for name in dict.fromkeys(r["layer"] for r in rows):
+        mine = [r for r in rows if r["layer"] == name]
+        per_arch = {a: _mean_acc([r for r in mine if r["arch"] == a]) for a in dict.fromkeys(r["arch"] for r in mine)}
+        searched = [v for a, v in per_arch.items() if a not in held_out]
+        held = [per_arch.get(a) for a in held_out]
+        gap = None
+        if held and searched and None not in held + searched:
+            gap = sum(held) / len(held) - sum(searched) / len(searched)
+        for r in mine:
+            r["transfer_gap"] = gap
+
+
+def _table(rows, archs, held_out=()) -> str:
+    """One line per layer: tuned lr, test accuracy mean ± std per proxy, over the searched
+    proxies, and the transfer gap to the held-out ones."""
     import statistics
 
     def cell(values):
@@ -244,12 +326,16 @@ def _table(rows, archs) -> str:
         return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
     names = list(dict.fromkeys(r["layer"] for r in rows))
-    header = ["layer", "lr"] + [f"test {a} %" for a in archs] + ["mean %", "formula"]
+    header = (["layer", "lr"] + [f"test {a} %" + (" (held out)" if a in held_out else "") for a in archs]
+              + ["mean %"] + (["gap %"] if held_out else []) + ["formula"])
     lines = []
     for name in names:
         mine = [r for r in rows if r["layer"] == name]
         per_arch = [cell([r["test_acc"] for r in mine if r["arch"] == a]) for a in archs]
-        lines.append([name, f"{mine[0]['lr']:.3g}", *per_arch, cell([r["test_acc"] for r in mine]),
+        gap = mine[0].get("transfer_gap")
+        gap_cell = ([("failed" if gap is None else f"{100 * gap:+.2f}")] if held_out else [])
+        lines.append([name, f"{mine[0]['lr']:.3g}", *per_arch,
+                      cell([r["test_acc"] for r in mine if r["arch"] not in held_out]), *gap_cell,
                       mine[0]["formula"]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731

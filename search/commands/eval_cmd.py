@@ -20,7 +20,12 @@ def add_arguments(parser):
                         help="proxy architecture (repeatable; default: resnet, mobilenetv2, efficientnet; "
                              "plainnet is the held-out one)")
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per proxy (default: the trainer's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per proxy (default 300 at batch 128; at another --batch-size "
+                             "the count at which a training costs the same, e.g. 2300 at 8)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default 128)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default 0.1 at batch 128, scaled linearly with --batch-size)")
     parser.add_argument("--data-root", default=None, help="directory holding the dataset files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -34,11 +39,13 @@ def run(args) -> int:
         graph = parse(args.formula)
     except FormulaError as err:
         raise UsageError(f"bad formula: {err}") from None
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be positive, got {args.steps}")
+    for flag in ("steps", "batch_size", "lr"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
 
     from evaluators.datasets import DATASET_NAMES, DatasetError, load_dataset
-    from evaluators.evaluate import EvalConfig, Evaluator, Screen, resolve_device
+    from evaluators.evaluate import EvalConfig, Evaluator, Screen, recommended_steps, resolve_device
     from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
     from primitives.library import REFERENCE_LAYERS, baselines
 
@@ -50,8 +57,13 @@ def run(args) -> int:
         raise UsageError(f"unknown dataset {args.dataset!r} (expected one of: {', '.join(DATASET_NAMES)})")
     settings = dict(dataset=args.dataset, data_root=args.data_root, archs=archs, seed=args.seed,
                     device=args.device)
+    if args.batch_size is not None:
+        settings["batch_size"] = args.batch_size
+        settings["steps"] = recommended_steps(args.batch_size)
     if args.steps is not None:
         settings["steps"] = args.steps
+    if args.lr is not None:
+        settings["lr"] = args.lr
     try:
         config = EvalConfig(**settings)
         # protocol 5 is judged on the first proxy's full training: no extra short run
@@ -115,7 +127,7 @@ def _print_table(rows, archs, config, dataset) -> None:
     name_width = max(len("layer"), *(len(name) for name, *_ in rows))
     header = f"{'layer':<{name_width}}  " + "".join(f"{a:>14}" for a in archs) + f"{'seconds':>10}  verdict"
     print(f"validation accuracy on {config.dataset} ({len(dataset.val_y)} images), "
-          f"{config.steps} steps per proxy, seed {config.seed}")
+          f"{config.steps} steps of batch {config.batch_size} per proxy, lr {config.lr:g}, seed {config.seed}")
     print(header)
     print("-" * len(header))
     notes = []

@@ -41,7 +41,8 @@ def rank(args) -> None:
     torch.set_num_threads(args.threads)
     df = pd.read_parquet(Path(args.run) / "candidates")
     archs = ["resnet", "mobilenetv2", "efficientnet"]
-    ok = df[df.status == "ok"].drop_duplicates([f"acc_{a}" for a in archs]).sort_values("id").head(args.limit)
+    ok = df[df.status == "ok"].drop_duplicates([f"acc_{a}" for a in archs]).sort_values("id")
+    ok = ok.iloc[args.skip:args.skip + args.limit]
     config = EvalConfig()
     rungs = sorted({config.quality_steps, *build_config().rung_steps(config.steps)[:-1]})
     evaluator = Evaluator(config)
@@ -140,6 +141,7 @@ def main() -> None:
     r = sub.add_parser("rank")
     r.add_argument("--run", default="results/example")
     r.add_argument("--limit", type=int, default=40)
+    r.add_argument("--skip", type=int, default=0, help="start after this many layers (to split the work)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--save", help="CSV of every layer's rung and full scores")
     s = sub.add_parser("search")
@@ -148,14 +150,14 @@ def main() -> None:
     s.add_argument("--out", default="results/fidelity")
     p = sub.add_parser("report", help="part 2's table again, from its run directories")
     p.add_argument("--out", default="results/fidelity")
-    t = sub.add_parser("summary", help="part 1's table again, from a --save CSV")
-    t.add_argument("csv")
+    t = sub.add_parser("summary", help="part 1's table again, from --save CSVs (of split work)")
+    t.add_argument("csv", nargs="+")
     args = parser.parse_args(sys.argv[1:] or ["rank"])
     if args.part == "summary":
         import pandas as pd
-        table = pd.read_csv(args.csv)
+        table = pd.concat([pd.read_csv(f) for f in args.csv]).sort_values("id")
         steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
-        summarise(table, args.csv, steps[:-1], steps[-1])
+        summarise(table, " + ".join(args.csv), steps[:-1], steps[-1])
         return
     {"rank": rank, "search": search, "report": lambda a: report(Path(a.out), ["hurdles", "no-hurdles"])}[
         args.part or "rank"](args)

@@ -2,7 +2,8 @@
 
 `mutate(parent, rng, mode)` returns `(child, description)`: the child is always
 a valid graph inside the mode and differs from its parent (a different
-canonical hash); a mutation that fails either test is redrawn. Six kinds:
+canonical hash); a mutation that fails either test is redrawn. Six kinds, one
+function each, picked from the `MUTATIONS` table:
 
 - `op`:      a node's op becomes another op of the same arity (same kind preferred)
 - `rewire`:  one input of a node now comes from another earlier node or a new terminal
@@ -24,10 +25,6 @@ from primitives.ops import LEARNABLE_VECTORS, OPS
 from primitives.random_graph import CONSTANTS, KEYWORD_MENU, random_keywords, random_terminal
 
 from .modes import Mode, get_mode
-
-KINDS = ("op", "rewire", "insert", "remove", "keyword", "vector")
-WEIGHTS = (3, 2, 3, 2, 2, 1)
-
 
 class _N:
     __slots__ = ("op", "inputs", "attrs")
@@ -78,101 +75,142 @@ def _consumers(objs: list[_N], target: _N) -> list[tuple[_N, int]]:
     return [(n, k) for n in objs for k, i in enumerate(n.inputs) if i is target]
 
 
+def _inner(objs: list[_N]) -> list[_N]:
+    return [n for n in objs if n.inputs]
+
+
+def _mutate_op(objs, output, rng, mode):
+    """A node's op becomes another op of the same arity (same kind preferred)."""
+    inner = _inner(objs)
+    if not inner:
+        return None
+    node = rng.choice(inner)
+    same_arity = [o for o in mode.ops if OPS[o].arity == len(node.inputs) and o != node.op]
+    same_kind = [o for o in same_arity if OPS[o].kind == OPS[node.op].kind]
+    pool = same_kind if same_kind and rng.random() < 0.6 else same_arity
+    if not pool:
+        return None
+    new = rng.choice(pool)
+    old = node.label()
+    node.op, node.attrs = new, random_keywords(new, rng)
+    return output, f"op {old} -> {node.label()}"
+
+
+def _mutate_rewire(objs, output, rng, mode):
+    """One input of a node now comes from an earlier node or a new terminal. Earlier in
+    topological order means no cycle can form (the child stays a DAG)."""
+    inner = _inner(objs)
+    if not inner:
+        return None
+    node = rng.choice(inner)
+    slot = rng.randrange(len(node.inputs))
+    before = objs[:objs.index(node)]  # topological order: none of these depends on node
+    choices = [n for n in before if n is not node.inputs[slot]]
+    if choices and rng.random() < 0.75:
+        source = rng.choice(choices)
+    else:
+        source = _terminal(rng)
+    old = node.inputs[slot].label()
+    node.inputs[slot] = source
+    return output, f"rewire {node.label()} input {slot}: {old} -> {source.label()}"
+
+
+def _mutate_insert(objs, output, rng, mode):
+    """A new op node is put after a node, in front of all or one of its consumers."""
+    target = rng.choice(objs)
+    op = rng.choice(mode.ops)
+    inputs = [target]
+    if OPS[op].arity == 2:
+        upto = objs[:objs.index(target) + 1]
+        other = rng.choice(upto) if rng.random() < 0.5 else _terminal(rng)
+        inputs.insert(rng.randrange(2), other)
+    new = _N(op, inputs, random_keywords(op, rng))
+    users = _consumers(objs, target)
+    if users and rng.random() < 0.5:
+        users = [rng.choice(users)]
+    for user, slot in users:
+        user.inputs[slot] = new
+    if target is output or not users:
+        output = new if (target is output or rng.random() < 0.5) else output
+    return output, f"insert {new.label()} after {target.label()}"
+
+
+def _mutate_remove(objs, output, rng, mode):
+    """A node is bypassed: its consumers read one of its inputs instead."""
+    inner = _inner(objs)
+    if not inner:
+        return None
+    node = rng.choice(inner)
+    keep = rng.choice(node.inputs)
+    for user, slot in _consumers(objs, node):
+        user.inputs[slot] = keep
+    if node is output:
+        output = keep
+    return output, f"remove {node.label()}"
+
+
+def _mutate_keyword(objs, output, rng, mode):
+    """A keyword (eps, groups, order, p, q, k) or a constant gets another value."""
+    tunable = [n for n in objs if n.op == "const" or (n.inputs and OPS[n.op].keywords)]
+    if not tunable:
+        return None
+    node = rng.choice(tunable)
+    old = node.label()
+    if node.op == "const":
+        value = node.attrs["value"]
+        node.attrs["value"] = rng.choice([c for c in CONSTANTS if c != value] + [value * rng.choice((0.5, 2.0, -1.0))])
+    else:
+        key = rng.choice(sorted(OPS[node.op].keywords))
+        menu = [v for v in KEYWORD_MENU[key] if v != node.attrs.get(key)]
+        if not menu:
+            return None
+        node.attrs[key] = rng.choice(menu)
+    return output, f"keyword {old} -> {node.label()}"
+
+
+def _mutate_vector(objs, output, rng, mode):
+    """A learnable vector becomes another one (or a constant; a constant becomes a vector)."""
+    leaves = [n for n in objs if n.op in ("param", "const")]
+    if not leaves:
+        return None
+    node = rng.choice(leaves)
+    old = node.label()
+    if node.op == "param" and rng.random() < 0.85:
+        node.attrs = {"name": rng.choice([v for v in LEARNABLE_VECTORS if v != node.attrs["name"]])}
+    elif node.op == "param":
+        node.op, node.attrs = "const", {"value": rng.choice(CONSTANTS)}
+    else:
+        node.op, node.attrs = "param", {"name": rng.choice(LEARNABLE_VECTORS)}
+    return output, f"vector {old} -> {node.label()}"
+
+
+# kind -> (how it edits the graph, how often it is drawn); adding a mutation is one entry here.
+# Each function edits the unpacked nodes in place and returns (new output, description),
+# or None when it does not apply to this graph (the caller draws again).
+MUTATIONS = {
+    "op": (_mutate_op, 3),
+    "rewire": (_mutate_rewire, 2),
+    "insert": (_mutate_insert, 3),
+    "remove": (_mutate_remove, 2),
+    "keyword": (_mutate_keyword, 2),
+    "vector": (_mutate_vector, 1),
+}
+KINDS = tuple(MUTATIONS)
+WEIGHTS = tuple(weight for _, weight in MUTATIONS.values())
+
+
 def _mutate_once(objs: list[_N], output: _N, kind: str, rng: random.Random, mode: Mode):
     """Apply one mutation in place; return (new output, description) or None if not applicable."""
-    inner = [n for n in objs if n.inputs]
-    if kind == "op":
-        if not inner:
-            return None
-        node = rng.choice(inner)
-        same_arity = [o for o in mode.ops if OPS[o].arity == len(node.inputs) and o != node.op]
-        same_kind = [o for o in same_arity if OPS[o].kind == OPS[node.op].kind]
-        pool = same_kind if same_kind and rng.random() < 0.6 else same_arity
-        if not pool:
-            return None
-        new = rng.choice(pool)
-        old = node.label()
-        node.op, node.attrs = new, random_keywords(new, rng)
-        return output, f"op {old} -> {node.label()}"
-    if kind == "rewire":
-        if not inner:
-            return None
-        node = rng.choice(inner)
-        slot = rng.randrange(len(node.inputs))
-        before = objs[:objs.index(node)]  # topological order: none of these depends on node
-        choices = [n for n in before if n is not node.inputs[slot]]
-        if choices and rng.random() < 0.75:
-            source = rng.choice(choices)
-        else:
-            source = _terminal(rng)
-        old = node.inputs[slot].label()
-        node.inputs[slot] = source
-        return output, f"rewire {node.label()} input {slot}: {old} -> {source.label()}"
-    if kind == "insert":
-        target = rng.choice(objs)
-        op = rng.choice(mode.ops)
-        arity = OPS[op].arity
-        inputs = [target]
-        if arity == 2:
-            upto = objs[:objs.index(target) + 1]
-            other = rng.choice(upto) if rng.random() < 0.5 else _terminal(rng)
-            inputs.insert(rng.randrange(2), other)
-        new = _N(op, inputs, random_keywords(op, rng))
-        users = _consumers(objs, target)
-        if users and rng.random() < 0.5:
-            users = [rng.choice(users)]
-        for user, slot in users:
-            user.inputs[slot] = new
-        if target is output or not users:
-            output = new if (target is output or rng.random() < 0.5) else output
-        return output, f"insert {new.label()} after {target.label()}"
-    if kind == "remove":
-        if not inner:
-            return None
-        node = rng.choice(inner)
-        keep = rng.choice(node.inputs)
-        for user, slot in _consumers(objs, node):
-            user.inputs[slot] = keep
-        if node is output:
-            output = keep
-        return output, f"remove {node.label()}"
-    if kind == "keyword":
-        tunable = [n for n in objs if n.op == "const" or (n.inputs and OPS[n.op].keywords)]
-        if not tunable:
-            return None
-        node = rng.choice(tunable)
-        old = node.label()
-        if node.op == "const":
-            value = node.attrs["value"]
-            node.attrs["value"] = rng.choice([c for c in CONSTANTS if c != value] + [value * rng.choice((0.5, 2.0, -1.0))])
-        else:
-            key = rng.choice(sorted(OPS[node.op].keywords))
-            menu = [v for v in KEYWORD_MENU[key] if v != node.attrs.get(key)]
-            if not menu:
-                return None
-            node.attrs[key] = rng.choice(menu)
-        return output, f"keyword {old} -> {node.label()}"
-    if kind == "vector":
-        leaves = [n for n in objs if n.op in ("param", "const")]
-        if not leaves:
-            return None
-        node = rng.choice(leaves)
-        old = node.label()
-        if node.op == "param" and rng.random() < 0.85:
-            node.attrs = {"name": rng.choice([v for v in LEARNABLE_VECTORS if v != node.attrs["name"]])}
-        elif node.op == "param":
-            node.op, node.attrs = "const", {"value": rng.choice(CONSTANTS)}
-        else:
-            node.op, node.attrs = "param", {"name": rng.choice(LEARNABLE_VECTORS)}
-        return output, f"vector {old} -> {node.label()}"
-    raise ValueError(f"unknown mutation kind {kind!r}")
+    if kind not in MUTATIONS:
+        raise ValueError(f"unknown mutation kind {kind!r}")
+    return MUTATIONS[kind][0](objs, output, rng, mode)
 
 
 def mutate(parent: Graph, rng: random.Random, mode: Mode | None = None,
            kinds=KINDS, tries: int = 200) -> tuple[Graph, str]:
     """A valid child of `parent`, inside `mode`, with a different hash; and what changed."""
     mode = mode or get_mode("batch")
-    weights = [WEIGHTS[KINDS.index(k)] for k in kinds]
+    weights = [MUTATIONS[k][1] for k in kinds]
     for _ in range(tries):
         objs, output = _unpack(parent)
         kind = rng.choices(kinds, weights=weights)[0]

@@ -100,92 +100,115 @@ def generate_source(graph: Graph, class_name: str = "EvoLayer", header: str | No
 
 def _emit_body(graph: Graph, m: _Module, fuse: bool = True) -> list[str]:
     """Fill `m` with the forward statements; return each node's expression."""
-    nodes, shapes = graph.nodes, graph.shapes
     # mixed precision: compute in float32 (a no-op in float32 and float64), answer in the
     # input's dtype, as torch's BatchNorm does under autocast
     m.helpers.add("upcast")
     m.prologue += ["dtype = x.dtype", "x = _upcast(x)",
                    "sp = tuple(range(2, x.dim()))", "pshape = (1, -1) + (1,) * len(sp)"]
-    consumers = [[] for _ in nodes]
-    for i, node in enumerate(nodes):
-        for j in node.inputs:
-            consumers[j].append(i)
+    body = _Body(graph, m, fuse)
+    for i, node in enumerate(graph.nodes):
+        body.emit(i, node)
+    return [text for text, _ in body.exprs]
 
-    def inlined(i) -> bool:
+
+class _Body:
+    """Writes the forward statements node by node (one method per node kind, each returning
+    its expression and precedence) and keeps what later nodes need to know."""
+
+    def __init__(self, graph: Graph, m: _Module, fuse: bool):
+        self.graph, self.nodes, self.m = graph, graph.nodes, m
+        self.consumers = [[] for _ in graph.nodes]
+        for i, node in enumerate(graph.nodes):
+            for j in node.inputs:
+                self.consumers[j].append(i)
+        self.moment_groups = _group_moments(graph)
+        self.fused = _fused_standardisations(graph, self.consumers, self.moment_groups) if fuse else {}
+        self.absorbed = {j for parts in self.fused.values() for j in parts[1:]}
+        self.exprs: list[tuple[str, int]] = []  # (code, precedence) per node
+        self.reciprocals: dict[int, str] = {}   # std moment node -> its reciprocal, written with rsqrt
+        self.emitted_groups: dict[int, dict[str, str]] = {}
+        self.units = 0
+
+    def inlined(self, i) -> bool:
         """A value used once by an elementwise op is written inside that op's expression,
         as one would by hand, so its memory is freed as early as in hand-written code."""
-        users = consumers[i]
-        return (i != graph.output and len(users) == 1 and nodes[i].spec.kind in _INLINE
-                and nodes[users[0]].spec.kind in _INLINE_INTO)
+        users = self.consumers[i]
+        return (i != self.graph.output and len(users) == 1 and self.nodes[i].spec.kind in _INLINE
+                and self.nodes[users[0]].spec.kind in _INLINE_INTO)
 
-    moment_groups = _group_moments(graph)
-    fused = _fused_standardisations(graph, consumers, moment_groups) if fuse else {}
-    absorbed = {j for parts in fused.values() for j in parts[1:]}
-    exprs: list[tuple[str, int]] = []  # (code, precedence) per node
-    reciprocals: dict[int, str] = {}   # std moment node -> its reciprocal, written with rsqrt
-    emitted_groups = {}
-    units = 0
-    for i, node in enumerate(nodes):
-        spec = node.spec
-        order = reading_order(graph, node)
-        args = [exprs[j] for j in order]
-        names = [text for text, _ in args]
-        prec = _ATOM
+    def emit(self, i, node) -> None:
+        """Append node i's expression; an op's value is written in place or into `t{i}`."""
+        leaf = self.leaf(i, node)
+        if leaf is not None:
+            self.exprs.append(leaf)
+            return
+        order = reading_order(self.graph, node)
+        expr, prec = self.op(i, node, order, [self.exprs[j] for j in order])
+        if self.inlined(i):
+            self.exprs.append((expr, prec))
+        else:
+            self.m.body.append(f"t{i} = {expr}")
+            self.exprs.append((f"t{i}", _ATOM))
+
+    def leaf(self, i, node) -> tuple[str, int] | None:
+        """The expression of the input, a literal, a learnable vector or a node written by
+        the fused standardisation that consumes it; None for any other op."""
         if node.op == "x":
-            exprs.append(("x", _ATOM))
-            continue
-        if i in absorbed:  # written by the fused standardisation that consumes it
-            exprs.append(("", _ATOM))
-            continue
+            return "x", _ATOM
+        if i in self.absorbed:
+            return "", _ATOM
         if node.op == "const":
             value = node.attrs["value"]
-            exprs.append((repr(value), 3 if value < 0 else _ATOM))
-            continue
+            return repr(value), 3 if value < 0 else _ATOM
         if node.op == "param":
             name = node.attrs["name"]
-            m.params[name] = f"torch.full((channels,), {VECTOR_INIT[name]!r})"
-            m.prologue.append(f"{name} = self.{name}.view(pshape)")
-            exprs.append((name, _ATOM))
-            continue
-        if i in fused:
-            expr = _emit_fused(graph, fused[i], exprs[fused[i][0]][0], moment_groups, m)
-        elif spec.kind == "moment":
-            k = moment_groups[i]
-            if k not in emitted_groups:
-                source = names[0] if shapes[node.inputs[0]] == FULL else f"{names[0]}.expand_as(x)"
-                emitted_groups[k] = _emit_moment_group(graph, k, moment_groups, source, m)
-            raw = emitted_groups[k][node.spec.stat]
-            expr = raw
-            if spec.stat in ("std", "rms"):
-                expr = f"torch.sqrt({raw} + {node.attrs['eps']!r})"
-                reciprocals[i] = f"torch.rsqrt({raw} + {node.attrs['eps']!r})"
-            if spec.axis == "group":
-                expr = f"_ungrouped({expr}, x)"
-                if i in reciprocals:
-                    reciprocals[i] = f"_ungrouped({reciprocals[i]}, x)"
-        elif spec.kind == "unit":
-            expr, prec = _emit_unit(node, names[0], units, m)
-            units += 1
-        elif node.op in _CLAMP and any(nodes[j].op == "const" for j in node.inputs):
-            tensor, number = names[::-1] if nodes[order[0]].op == "const" else names
-            expr = f"torch.{_CLAMP[node.op]}({tensor}, {number})"
-        elif node.op == "div" and _divides_by_smaller(graph, node):
+            self.m.params[name] = f"torch.full((channels,), {VECTOR_INIT[name]!r})"
+            self.m.prologue.append(f"{name} = self.{name}.view(pshape)")
+            return name, _ATOM
+        return None
+
+    def op(self, i, node, order, args) -> tuple[str, int]:
+        spec, names = node.spec, [text for text, _ in args]
+        if i in self.fused:
+            parts = self.fused[i]
+            return _emit_fused(self.graph, parts, self.exprs[parts[0]][0], self.moment_groups, self.m), _ATOM
+        if spec.kind == "moment":
+            return self.moment(i, node, names[0]), _ATOM
+        if spec.kind == "unit":
+            self.units += 1
+            return _emit_unit(node, names[0], self.units - 1, self.m)
+        if node.op in _CLAMP and any(self.nodes[j].op == "const" for j in node.inputs):
+            tensor, number = names[::-1] if self.nodes[order[0]].op == "const" else names
+            return f"torch.{_CLAMP[node.op]}({tensor}, {number})", _ATOM
+        if node.op == "div" and _divides_by_smaller(self.graph, node):
             # a full tensor over a statistic: multiply by the statistic's reciprocal, taken
             # on the small tensor (a full-size division and its backward cost more)
             den = node.inputs[1]
-            recip = reciprocals[den] if den in reciprocals and inlined(den) else f"torch.reciprocal({names[1]})"
+            recip = (self.reciprocals[den] if den in self.reciprocals and self.inlined(den)
+                     else f"torch.reciprocal({names[1]})")
             mul = get_op("mul")
-            expr, prec = mul.template.format(*_operands(mul, [args[0], (recip, _ATOM)])), mul.precedence
-        elif spec.kind in ("infix", "prefix"):
-            expr, prec = spec.template.format(*_operands(spec, args), **node.attrs), spec.precedence
-        else:
-            expr = spec.template.format(*names, **node.attrs)
-        if inlined(i):
-            exprs.append((expr, prec))
-        else:
-            m.body.append(f"t{i} = {expr}")
-            exprs.append((f"t{i}", _ATOM))
-    return [text for text, _ in exprs]
+            return mul.template.format(*_operands(mul, [args[0], (recip, _ATOM)])), mul.precedence
+        if spec.kind in ("infix", "prefix"):
+            return spec.template.format(*_operands(spec, args), **node.attrs), spec.precedence
+        return spec.template.format(*names, **node.attrs), _ATOM
+
+    def moment(self, i, node, source: str) -> str:
+        """A moment reads its group's shared reduction (emitted at the group's first member);
+        std and rms also record their reciprocal, written with rsqrt, for a divide."""
+        spec, k = node.spec, self.moment_groups[i]
+        if k not in self.emitted_groups:
+            if self.graph.shapes[node.inputs[0]] != FULL:
+                source = f"{source}.expand_as(x)"
+            self.emitted_groups[k] = _emit_moment_group(self.graph, k, self.moment_groups, source, self.m)
+        raw = expr = self.emitted_groups[k][spec.stat]
+        if spec.stat in ("std", "rms"):
+            expr = f"torch.sqrt({raw} + {node.attrs['eps']!r})"
+            self.reciprocals[i] = f"torch.rsqrt({raw} + {node.attrs['eps']!r})"
+        if spec.axis == "group":
+            expr = f"_ungrouped({expr}, x)"
+            if i in self.reciprocals:
+                self.reciprocals[i] = f"_ungrouped({self.reciprocals[i]}, x)"
+        return expr
 
 
 def _fused_standardisations(graph: Graph, consumers, moment_groups) -> dict[int, tuple[int, int, int, int]]:

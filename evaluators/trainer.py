@@ -8,24 +8,8 @@ permutations, augmented on the device from the second epoch on, see
 `AUGMENT_FROM_EPOCH`). Evaluation is one pass over the
 validation (or test) split in eval mode.
 
-Default budget (300 steps of 128, lr 0.1, 15% warm-up, unaugmented first
-epoch): validation accuracy on Fashion-MNIST, seed 0, 2 threads, and wall time
-of the three proxies (benchmarks/train_speed.py --full, before the generator
-fused standardisations into torch's kernels):
-
-                 resnet  mobilenetv2  efficientnet   three proxies
-    torch BN-ReLU  88.7      86.8         86.5            38.4 s
-    BN-ReLU        88.6      86.8         87.6            59.5 s
-    EvoNorm-B0     86.0      87.2         87.9            96.8 s
-    EvoNorm-S0     82.3      85.5         85.7            60.5 s
-
-With the fused kernels (benchmarks/train_speed.py --no-compile, projected from
-60 timed steps) the formula BN-ReLU trains at 0.95-1.03x of torch BN-ReLU's
-images/s and its three proxies take 44.0 s (torch BN-ReLU 41.8 s, S0 66.1 s).
-
-With a 5% warm-up EvoNorm-B0 on efficientnet stalled at 77.9% (seed 1: 87.2%);
-with every epoch augmented EvoNorm-S0 reached 78.2% on resnet and 79.3% on
-mobilenetv2.
+The measurements behind the defaults below (budget, warm-up, augmentation,
+compiling) are in benchmarks/MEASUREMENTS.md.
 
 Bad layers are data, not exceptions: `train_and_score` and `build_and_train`
 stop at the first non-finite loss and report it in `TrainResult.reason`
@@ -49,24 +33,9 @@ step is still the one reported.
 
 torch.compile (``compile="auto"``)
 ----------------------------------
-Measured on the 2-core CPU with 2 threads (benchmarks/train_speed.py --archs
-resnet; Fashion-MNIST, batch 128, images/s; ratio to eager torch BN-ReLU, 3528
-img/s; compile time in brackets):
-
-    resnet       torch BN-ReLU   compiled 5706 (1.62x) [23.2 s]
-                 EvoNorm-B0      eager 2457 (0.70x)  compiled 4667 (1.32x) [18.3 s]
-                 EvoNorm-S0      eager 3415 (0.97x)  compiled 4599 (1.30x) [14.6 s]
-
-An earlier run with one thread and the first generator (torch.var_mean, plain
-divisions): formula BN-ReLU eager 0.61x, compiled 1.25x [28.8 s]; mobilenetv2
-compiled in 56.6 s.
-
-Compiled candidate layers thus train at or above eager torch BN-ReLU speed, but
-compiling the training graph costs 15-60 s per proxy on this CPU, about as much
-as or more than the whole eager default training (12-40 s per proxy). Every candidate is
-a new graph, so the inductor cache does not help a search. Compiling pays once
-a training sees about 80-120 thousand images (breakeven: compile seconds /
-(1/eager - 1/compiled) per image). The rule for ``auto``:
+Compiled candidate layers train at or above eager torch BN-ReLU speed, but
+compiling costs about as much as a whole eager default training on a CPU, and
+every candidate is a new graph (benchmarks/MEASUREMENTS.md). The rule for ``auto``:
 
 - on CPU, compile when ``steps * batch_size >= AUTO_COMPILE_MIN_IMAGES``
   (150 000; the default budget, 300 x 128 = 38 400, trains eagerly) and the
@@ -97,11 +66,9 @@ from primitives.codegen import unit_of
 from .proxies import build_proxy
 
 # On CPU, compile only when at least this many training images go through the
-# network. At the default budget (300 steps x 128 = 38,400 images) a search
-# candidate's compile (28-40 s per proxy, measured for EvoNorm-S0 under a
-# loaded 2-core machine) costs more than the whole eager training (~30 s per
-# proxy): 168 s compiled against 93 s eager for the three proxies. Every
-# candidate is a new graph, so nothing amortises; longer runs (retrain) do.
+# network: below it a candidate's compile costs more than its eager training, and
+# every candidate is a new graph, so nothing amortises; longer runs (retrain) do
+# (benchmarks/MEASUREMENTS.md).
 AUTO_COMPILE_MIN_IMAGES = 150_000
 # check_every="auto": check the loss for non-finite values every this many steps on
 # CUDA (a host sync per check), every step on CPU (no sync to save).

@@ -272,105 +272,150 @@ def train_and_score(model: nn.Module, dataset, config: TrainConfig | None = None
         torch.set_num_threads(before)
 
 
-def _train_and_score(model, dataset, config, device, split, progress, stop_at=None, resume=None) -> TrainResult:
-    start = time.perf_counter()
-    device = torch.device(device)
-    step = 0
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []
-    compile_seconds = 0.0
-    compiled = False
-    note = None
-    train_seconds = 0.0
+class _Run:
+    """What a training reports, kept up to date as it goes, so that a failure at any
+    point still returns the steps, losses and notes so far."""
 
-    def result(acc=None, reason=None, images_per_second=0.0, eval_seconds=0.0):
-        tail = [v for v in losses[-10:] if math.isfinite(v)]
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.step = 0
+        self.losses: list[float] = []
+        self.compile_seconds = 0.0
+        self.compiled = False
+        self.note: str | None = None
+
+    def result(self, acc=None, reason=None, images_per_second=0.0, eval_seconds=0.0) -> TrainResult:
+        tail = [v for v in self.losses[-10:] if math.isfinite(v)]
         return TrainResult(accuracy=acc, final_loss=(sum(tail) / len(tail)) if tail else None,
-                           steps_done=step, seconds=time.perf_counter() - start,
-                           compile_seconds=compile_seconds, images_per_second=images_per_second,
-                           reason=reason, compiled=compiled, eval_seconds=eval_seconds, note=note,
-                           losses=losses)
+                           steps_done=self.step, seconds=time.perf_counter() - self.start,
+                           compile_seconds=self.compile_seconds, images_per_second=images_per_second,
+                           reason=reason, compiled=self.compiled, eval_seconds=eval_seconds,
+                           note=self.note, losses=self.losses)
 
-    try:
-        model = model.to(device).train()
-        cuda = device.type == "cuda"
-        amp_dtype = config.amp_dtype(device)
-        scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        opt = torch.optim.SGD(param_groups(model, config), lr=config.lr, momentum=config.momentum,
-                              nesterov=config.nesterov)
-        gen = torch.Generator(device="cpu").manual_seed(config.seed)
-        batches = dataset.train_batches(config.batch_size, gen, AUGMENT_FROM_EPOCH[config.augment])
-        end = config.steps if stop_at is None else min(stop_at, config.steps)
-        if resume is not None:
-            step, losses = _load_state(resume, model, opt, scaler, batches)
-        net = _compile(model) if should_compile(model, config, device) else model
-        compiled = net is not model
-        check_every = config.check_interval(device)
+    def record(self, pending: list[torch.Tensor]) -> int | None:
+        """Move the losses waiting for a check into `losses` (one host sync); at a
+        non-finite one, keep the losses up to it, rewind `step` to just after it and
+        return its step, else None."""
+        values = torch.stack(pending).float().tolist()
+        pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                bad = self.step - len(values) + i
+                self.losses.extend(values[:i + 1])
+                self.step = bad + 1
+                return bad
+        self.losses.extend(values)
+        return None
 
-        def run_step(net, x, y):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            return loss.detach()
-
-        first_step_seconds = 0.0
-        t_train = time.perf_counter()
-        first = step
-        while step < end:
-            for group in opt.param_groups:
-                group["lr"] = config.lr_at(step) * group["lr_scale"]
-            x, y = next(batches)
-            t0 = time.perf_counter()
-            if step == first and compiled:
-                try:
-                    loss = run_step(net, x, y)
-                except Exception as err:
-                    # compile trouble or a broken layer: retry eagerly; a broken layer fails again
-                    note = f"compile failed, trained eagerly: {_one_line(err, 200)}"
-                    net, compiled = model, False
-                    opt.zero_grad(set_to_none=True)
-                    loss = run_step(net, x, y)
-            else:
-                loss = run_step(net, x, y)
-            if step == first:
-                first_step_seconds = time.perf_counter() - t0
-            pending.append(loss)
-            step += 1
-            if len(pending) >= check_every or step == end:
-                values = torch.stack(pending).float().tolist()
-                pending.clear()
-                for i, v in enumerate(values):
-                    if not math.isfinite(v):
-                        bad = step - len(values) + i
-                        losses.extend(values[:i + 1])
-                        step = bad + 1
-                        return result(reason=f"non-finite loss at step {bad}")
-                losses.extend(values)
-            if progress is not None:
-                progress(step, config.steps)
-        if cuda:
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t_train
-        done = step - first
-        if compiled and done > 1:
+    def throughput(self, first: int, first_step_seconds: float, train_seconds: float,
+                   batch_size: int) -> float:
+        """Training images/s without compilation, which is estimated as the first step's
+        excess over the mean of the others."""
+        done = self.step - first
+        if self.compiled and done > 1:
             rest = (train_seconds - first_step_seconds) / (done - 1)
-            compile_seconds = max(0.0, first_step_seconds - rest)
-        images_per_second = done * config.batch_size / max(1e-9, train_seconds - compile_seconds)
-        t_eval = time.perf_counter()
-        acc, reason = evaluate_accuracy(model, dataset, split, config.eval_batch_size, amp_dtype)
-        out = result(acc, reason, images_per_second, time.perf_counter() - t_eval)
-        if step < config.steps and reason is None:
-            out.state = _save_state(step, losses, model, opt, scaler, batches)
-        return out
+            self.compile_seconds = max(0.0, first_step_seconds - rest)
+        return done * batch_size / max(1e-9, train_seconds - self.compile_seconds)
+
+
+def _train_and_score(model, dataset, config, device, split, progress, stop_at=None, resume=None) -> TrainResult:
+    run = _Run()
+    device = torch.device(device)
+    try:
+        return _train(run, model, dataset, config, device, split, progress, stop_at, resume)
     except Exception as err:
-        return result(reason=f"{_one_line(err)} (at step {step})")
+        return run.result(reason=f"{_one_line(err)} (at step {run.step})")
+
+
+def _train(run: _Run, model, dataset, config, device, split, progress, stop_at, resume) -> TrainResult:
+    model = model.to(device).train()
+    amp_dtype = config.amp_dtype(device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    opt = torch.optim.SGD(param_groups(model, config), lr=config.lr, momentum=config.momentum,
+                          nesterov=config.nesterov)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    batches = dataset.train_batches(config.batch_size, gen, AUGMENT_FROM_EPOCH[config.augment])
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    if resume is not None:
+        run.step, run.losses = _load_state(resume, model, opt, scaler, batches)
+    net = _compile(model) if should_compile(model, config, device) else model
+    run.compiled = net is not model
+    step_fn = _step_function(opt, scaler, amp_dtype, config, device)
+    t_train = time.perf_counter()
+    first = run.step
+    first_step_seconds, reason = _loop(run, net, model, step_fn, opt, batches, end, config, device, progress)
+    if reason is not None:
+        return run.result(reason=reason)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    images_per_second = run.throughput(first, first_step_seconds, time.perf_counter() - t_train,
+                                       config.batch_size)
+    t_eval = time.perf_counter()
+    acc, reason = evaluate_accuracy(model, dataset, split, config.eval_batch_size, amp_dtype)
+    out = run.result(acc, reason, images_per_second, time.perf_counter() - t_eval)
+    if run.step < config.steps and reason is None:
+        out.state = _save_state(run.step, run.losses, model, opt, scaler, batches)
+    return out
+
+
+def _step_function(opt, scaler, amp_dtype, config, device) -> Callable:
+    """One optimiser step of `net` on a batch, under autocast and the loss scaler when
+    asked; returns the loss, still on the device (checked later, in batches)."""
+
+    def run_step(net, x, y):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        return loss.detach()
+
+    return run_step
+
+
+def _loop(run: _Run, net, model, run_step, opt, batches, end, config, device, progress):
+    """Train from `run.step` to `end`; (seconds of the first step, the reason the training
+    stopped early or None). The losses are checked every `check_interval` steps."""
+    check_every = config.check_interval(device)
+    pending: list[torch.Tensor] = []
+    first, first_step_seconds = run.step, 0.0
+    while run.step < end:
+        for group in opt.param_groups:
+            group["lr"] = config.lr_at(run.step) * group["lr_scale"]
+        x, y = next(batches)
+        t0 = time.perf_counter()
+        if run.step == first and run.compiled:
+            net, loss = _first_compiled_step(run, net, model, run_step, opt, x, y)
+        else:
+            loss = run_step(net, x, y)
+        if run.step == first:
+            first_step_seconds = time.perf_counter() - t0
+        pending.append(loss)
+        run.step += 1
+        if len(pending) >= check_every or run.step == end:
+            bad = run.record(pending)
+            if bad is not None:
+                return first_step_seconds, f"non-finite loss at step {bad}"
+        if progress is not None:
+            progress(run.step, config.steps)
+    return first_step_seconds, None
+
+
+def _first_compiled_step(run: _Run, net, model, run_step, opt, x, y):
+    """The first step of a compiled network compiles it. On failure (compile trouble or a
+    broken layer) retry eagerly, noting why; a broken layer fails again. (net, loss)."""
+    try:
+        return net, run_step(net, x, y)
+    except Exception as err:
+        run.note = f"compile failed, trained eagerly: {_one_line(err, 200)}"
+        run.compiled = False
+        opt.zero_grad(set_to_none=True)
+        return model, run_step(model, x, y)
 
 
 def _save_state(step, losses, model, opt, scaler, batches) -> dict:

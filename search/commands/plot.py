@@ -88,17 +88,15 @@ def progress(run, checkpoints: int = 150):
 
 
 def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
-    """The figure into `output` (a path, or a binary file with `fmt` png/pdf/svg)."""
+    """The figure into `output` (a path, or a binary file with `fmt` png/pdf/svg): one
+    front per pair of objectives, best accuracy and hypervolume against candidates
+    recorded, and the outcome of every candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import itertools
 
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from search.pareto import pareto_mask
-    from search.rundir import STATUSES
 
     df = run.candidates
     accs = run.acc_columns
@@ -114,52 +112,84 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     front_ids = set(run.front()["id"].tolist())
     baselines = dict(run.info.get("baselines")) if isinstance(run.info.get("baselines"), dict) else {}
     baselines.update({k: v for k, v in _recorded_baselines(df, accs).items() if k not in baselines})
-
-    # -- one front per pair of objectives ----------------------------------------------------------
     for ax, (cx, cy) in zip(axes, pairs):
-        goals = ["max" if c.startswith("acc_") else "min" for c in (cx, cy)]
-        sub = ok[[cx, cy, "id"]].astype({cx: "float64", cy: "float64"}).dropna()
-        pts = sub[[cx, cy]].to_numpy()
-        if len(pts):
-            mask = pareto_mask(pts, goals)
-            on_run_front = sub["id"].isin(front_ids).to_numpy()
-            ax.scatter(pts[~mask, 0], pts[~mask, 1], s=14, c="#9aa5b1", alpha=0.55, linewidths=0,
-                       label=f"accepted candidates ({len(pts)})")
-            fp = pts[mask]
-            order = np.argsort(fp[:, 0])
-            fp = fp[order]
-            ax.step(fp[:, 0], fp[:, 1], where="post" if goals[1] == "max" else "pre",
-                    color="#d62728", lw=1.5, alpha=0.8)
-            ax.scatter(fp[:, 0], fp[:, 1], s=46, c="#d62728", edgecolors="black", linewidths=0.6, zorder=3,
-                       label=f"front of this pair ({len(fp)})")
-            extra = on_run_front & ~mask
-            if extra.any():
-                ax.scatter(pts[extra, 0], pts[extra, 1], s=30, facecolors="none", edgecolors="#ff7f0e",
-                           linewidths=1.2, zorder=3, label="on the full front (all objectives)")
-            if len(fp) <= 12:
-                ids = sub["id"].to_numpy()[mask][order]
-                for (x, y), i in zip(fp, ids):
-                    ax.annotate(f"#{int(i)}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8,
-                                color="#7a1010")
-        else:
-            ax.text(0.5, 0.5, "no accepted candidates yet", ha="center", va="center", transform=ax.transAxes)
-        for (name, scores), marker, color in zip(baselines.items(), itertools.cycle(BASELINE_MARKERS),
-                                                 itertools.cycle(BASELINE_COLORS)):
-            if not isinstance(scores, dict) or scores.get(cx) is None or scores.get(cy) is None:
-                continue
-            ax.scatter([scores[cx]], [scores[cy]], marker=marker, s=220 if marker == "*" else 110, c=color, edgecolors="black",
-                       linewidths=0.9, zorder=4, alpha=0.85, label=f"baseline {name}")
-        _zoom_on_front(ax, pts, mask if len(pts) else None, baselines, cx, cy)
-        ax.set_xlabel(_label(cx), fontsize=11)
-        ax.set_ylabel(_label(cy), fontsize=11)
-        ax.set_title(f"Pareto front: {_label(cx)} vs {_label(cy)}", fontsize=12)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8.5, loc="lower left", framealpha=0.85)
-
-    # -- progress: best accuracy and hypervolume against candidates recorded ------------------------
+        _front_panel(ax, ok, cx, cy, front_ids, baselines)
     xs, best, hv, ref = progress(run)
-    ax = axes[len(pairs)]
+    _best_panel(axes[len(pairs)], xs, best, accs)
+    _hypervolume_panel(axes[len(pairs) + 1], xs, hv, ref, run.objectives)
+    _funnel_panel(axes[len(pairs) + 2], df)
+    fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
+                 f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(output, dpi=dpi, format=fmt)
+    plt.close(fig)
+
+
+def _front_panel(ax, ok, cx, cy, front_ids, baselines) -> None:
+    """The accepted candidates on two objectives, the front of this pair (annotated with
+    ids when short), members of the full front it misses, and the baselines."""
+    goals = ["max" if c.startswith("acc_") else "min" for c in (cx, cy)]
+    sub = ok[[cx, cy, "id"]].astype({cx: "float64", cy: "float64"}).dropna()
+    pts = sub[[cx, cy]].to_numpy()
+    mask = _front_points(ax, sub, pts, goals, front_ids) if len(pts) else None
+    if mask is None:
+        ax.text(0.5, 0.5, "no accepted candidates yet", ha="center", va="center", transform=ax.transAxes)
+    _baseline_points(ax, baselines, cx, cy)
+    _zoom_on_front(ax, pts, mask, baselines, cx, cy)
+    ax.set_xlabel(_label(cx), fontsize=11)
+    ax.set_ylabel(_label(cy), fontsize=11)
+    ax.set_title(f"Pareto front: {_label(cx)} vs {_label(cy)}", fontsize=12)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8.5, loc="lower left", framealpha=0.85)
+
+
+def _front_points(ax, sub, pts, goals, front_ids):
+    """Scatter the candidates and step along this pair's front; return its mask."""
+    import numpy as np
+
+    from search.pareto import pareto_mask
+
+    mask = pareto_mask(pts, goals)
+    on_run_front = sub["id"].isin(front_ids).to_numpy()
+    ax.scatter(pts[~mask, 0], pts[~mask, 1], s=14, c="#9aa5b1", alpha=0.55, linewidths=0,
+               label=f"accepted candidates ({len(pts)})")
+    fp = pts[mask]
+    order = np.argsort(fp[:, 0])
+    fp = fp[order]
+    ax.step(fp[:, 0], fp[:, 1], where="post" if goals[1] == "max" else "pre",
+            color="#d62728", lw=1.5, alpha=0.8)
+    ax.scatter(fp[:, 0], fp[:, 1], s=46, c="#d62728", edgecolors="black", linewidths=0.6, zorder=3,
+               label=f"front of this pair ({len(fp)})")
+    extra = on_run_front & ~mask
+    if extra.any():
+        ax.scatter(pts[extra, 0], pts[extra, 1], s=30, facecolors="none", edgecolors="#ff7f0e",
+                   linewidths=1.2, zorder=3, label="on the full front (all objectives)")
+    if len(fp) <= 12:
+        ids = sub["id"].to_numpy()[mask][order]
+        for (x, y), i in zip(fp, ids):
+            ax.annotate(f"#{int(i)}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8,
+                        color="#7a1010")
+    return mask
+
+
+def _baseline_points(ax, baselines, cx, cy) -> None:
+    import itertools
+
+    for (name, scores), marker, color in zip(baselines.items(), itertools.cycle(BASELINE_MARKERS),
+                                             itertools.cycle(BASELINE_COLORS)):
+        if not isinstance(scores, dict) or scores.get(cx) is None or scores.get(cy) is None:
+            continue
+        ax.scatter([scores[cx]], [scores[cy]], marker=marker, s=220 if marker == "*" else 110, c=color,
+                   edgecolors="black", linewidths=0.9, zorder=4, alpha=0.85, label=f"baseline {name}")
+
+
+def _best_panel(ax, xs, best, accs) -> None:
+    """Best accuracy per proxy against candidates recorded."""
+    import itertools
+
+    import numpy as np
+
     for color, a in zip(itertools.cycle(PROXY_COLORS), accs):
         y = best[a]
         if len(xs) and np.isfinite(y).any():
@@ -173,21 +203,28 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     else:
         ax.text(0.5, 0.5, "no accepted candidates yet", ha="center", va="center", transform=ax.transAxes)
 
-    ax = axes[len(pairs) + 1]
+
+def _hypervolume_panel(ax, xs, hv, ref, objectives) -> None:
+    """Hypervolume of the front so far, with the reference point named."""
     if len(xs):
         ax.plot(xs, hv, color="#6a3d9a", lw=2, drawstyle="steps-post")
         ax.fill_between(xs, hv, step="post", color="#6a3d9a", alpha=0.15)
-    ref_text = ", ".join(f"{c[4:] if c.startswith('acc_') else c} {r:.3g}" for (c, _), r in zip(run.objectives, ref))
+    ref_text = ", ".join(f"{c[4:] if c.startswith('acc_') else c} {r:.3g}" for (c, _), r in zip(objectives, ref))
     ref_text = f"final front's nadir - {REFERENCE_MARGIN:.0%} of the range: {ref_text}"
     ax.set_xlabel("candidates recorded", fontsize=11)
     ax.set_ylabel("hypervolume", fontsize=11)
-    ax.set_title(f"Hypervolume of the front over {len(run.objectives)} objectives", fontsize=12)
+    ax.set_title(f"Hypervolume of the front over {len(objectives)} objectives", fontsize=12)
     ax.text(0.98, 0.04, f"reference: {ref_text}", ha="right", va="bottom", transform=ax.transAxes, fontsize=8.5,
             color="#444444", bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
     ax.grid(alpha=0.3)
 
-    # -- rejection funnel ------------------------------------------------------------------------------
-    ax = axes[len(pairs) + 2]
+
+def _funnel_panel(ax, df) -> None:
+    """How many candidates ended in each status (the rejection funnel)."""
+    import numpy as np
+
+    from search.rundir import STATUSES
+
     counts = df["status"].value_counts()
     statuses = list(STATUSES) + sorted(set(counts.index) - set(STATUSES))
     values = [int(counts.get(s, 0)) for s in statuses]
@@ -202,12 +239,6 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     ax.set_xlabel("candidates", fontsize=11)
     ax.set_title(f"Outcome of {len(df)} candidates", fontsize=12)
     ax.grid(axis="x", alpha=0.3)
-
-    fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
-                 f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(output, dpi=dpi, format=fmt)
-    plt.close(fig)
 
 
 def run(args) -> int:

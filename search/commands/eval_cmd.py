@@ -33,6 +33,18 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from evaluators.evaluate import Evaluator
+
+    graph = _parse_formula(args)
+    config, device = _config(args)
+    dataset = _load(config, device)
+    layers = _layers(graph, args.no_baselines)
+    rows = _train_all(layers, config, Evaluator(config, dataset=dataset))
+    _print_table(rows, config.archs, config, dataset)
+    return 0
+
+
+def _parse_formula(args):
     from primitives import FormulaError, parse
 
     try:
@@ -43,11 +55,15 @@ def run(args) -> int:
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    return graph
 
-    from evaluators.datasets import DATASET_NAMES, DatasetError, load_dataset
-    from evaluators.evaluate import EvalConfig, Evaluator, Screen, recommended_steps, resolve_device
+
+def _config(args):
+    """The evaluation settings from the flags (steps follow the batch size unless given),
+    and the device they resolve to."""
+    from evaluators.datasets import DATASET_NAMES
+    from evaluators.evaluate import EvalConfig, recommended_steps, resolve_device
     from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
-    from primitives.library import REFERENCE_LAYERS, baselines
 
     archs = tuple(dict.fromkeys(args.arch)) if args.arch else SEARCH_PROXIES
     for arch in archs:
@@ -68,25 +84,43 @@ def run(args) -> int:
         config = EvalConfig(**settings)
         # protocol 5 is judged on the first proxy's full training: no extra short run
         config.quality_steps = config.steps
-        device = resolve_device(config.device)
+        return config, resolve_device(config.device)
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
+
+
+def _load(config, device):
+    from evaluators.datasets import DatasetError, load_dataset
+
     try:
-        dataset = load_dataset(config.dataset, device, config.data_root)
+        return load_dataset(config.dataset, device, config.data_root)
     except DatasetError as err:
         raise UsageError(str(err)) from None
     except RuntimeError as err:  # e.g. a device that does not exist
         raise UsageError(f"cannot load {config.dataset} on {device}: {str(err).splitlines()[0]}") from None
 
+
+def _layers(graph, no_baselines: bool) -> list:
+    """(name, graph) of the candidate and, unless asked not to, the baselines; a layer fit
+    for encrypted inference is also compared with the square activation."""
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS, baselines
+
     layers = [("candidate", graph)]
-    if not args.no_baselines:
-        # a layer fit for encrypted inference is also compared with the square activation
+    if not no_baselines:
         mode = "batch" if graph.inference_degree is None else "polynomial"
         layers += [(name, parse(REFERENCE_LAYERS[name])) for name in baselines(mode)]
-    evaluator = Evaluator(config, dataset=dataset)
+    return layers
 
+
+def _train_all(layers, config, evaluator) -> list:
+    """Screen and train every layer on every proxy under one progress bar; one row
+    (name, graph, screened, trained) per layer. Invalid layers are not trained."""
     from tqdm import tqdm
 
+    from evaluators.evaluate import Screen
+
+    archs = config.archs
     rows = []
     bar = tqdm(total=len(layers) * len(archs) * config.steps, file=sys.stderr, unit="step",
                dynamic_ncols=True, desc="eval")
@@ -111,8 +145,7 @@ def run(args) -> int:
             rows.append((name, layer, screened, trained))
     finally:
         bar.close()
-    _print_table(rows, archs, config, dataset)
-    return 0
+    return rows
 
 
 def _verdict(screened: dict, trained: dict) -> tuple[str, str | None]:

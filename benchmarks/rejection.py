@@ -38,15 +38,30 @@ def main(argv=None) -> int:
 
     import torch
 
-    from evaluators.protocols import PROTOCOLS
-    from evaluators.screen import Screen
     from primitives.random_graph import random_graph
 
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
     graphs = [random_graph(rng) for _ in range(args.count)]
+    statuses, examples, survivors, stats, screen_seconds = _screen(graphs, args.show)
+    evaluator = _quality(args, survivors, statuses, stats) if args.quality and survivors else None
+    _report(args, len(graphs), statuses, stats, screen_seconds, len(survivors), evaluator)
+    for status, items in examples.items():
+        if not items:
+            continue
+        print(f"\n{status}:")
+        for formula, reason in items:
+            print(f"  {formula}\n      {reason}")
+    return 0
 
+
+def _screen(graphs, show: int):
+    """Protocols 1-4 on every graph (after a warm-up on the reference layers): status
+    counts, up to `show` examples per rejection, the survivors, per-protocol stats and
+    the wall seconds."""
+    from evaluators.screen import Screen
     from primitives.library import REFERENCE_LAYERS
+
     warm = Screen()  # torch's lazy initialisation (first double backward of each op kind, ...)
     for i, formula in enumerate(REFERENCE_LAYERS.values()):
         warm.check(formula, -1 - i)
@@ -61,32 +76,37 @@ def main(argv=None) -> int:
         statuses[status] += 1
         if status == "passed":
             survivors.append(graph)
-        elif len(examples[status]) < args.show:
+        elif len(examples[status]) < show:
             examples[status].append((record["formula"], record["reason"]))
-    screen_seconds = time.perf_counter() - start
-    stats = screen.stats
+    return statuses, examples, survivors, screen.stats, time.perf_counter() - start
 
-    evaluator = None
-    if args.quality and survivors:
-        from evaluators.evaluate import EvalConfig, Evaluator
-        config = EvalConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                            **({"quality_steps": args.quality_steps} if args.quality_steps else {}))
-        evaluator = Evaluator(config)
-        for graph in survivors:
-            result = evaluator.train_arch(graph, config.archs[0], min(config.quality_steps, config.steps))
-            reason = getattr(result, "reason", None)
-            if reason:
-                statuses["failed"] += 1
-                evaluator.quality.checked += 1
-                evaluator.quality.rejected += 1
-                evaluator.quality.seconds += getattr(result, "seconds", 0.0) or 0.0
-                continue
-            verdict = evaluator.quality.judge(result.accuracy, result.seconds)
-            if verdict.status:
-                statuses[verdict.status] += 1
-        stats["quality"] = evaluator.quality.stats()
 
-    n = len(graphs)
+def _quality(args, survivors, statuses, stats):
+    """Protocol 5 (a short training on the first proxy) on the survivors; the evaluator."""
+    from evaluators.evaluate import EvalConfig, Evaluator
+
+    config = EvalConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+                        **({"quality_steps": args.quality_steps} if args.quality_steps else {}))
+    evaluator = Evaluator(config)
+    for graph in survivors:
+        result = evaluator.train_arch(graph, config.archs[0], min(config.quality_steps, config.steps))
+        reason = getattr(result, "reason", None)
+        if reason:
+            statuses["failed"] += 1
+            evaluator.quality.checked += 1
+            evaluator.quality.rejected += 1
+            evaluator.quality.seconds += getattr(result, "seconds", 0.0) or 0.0
+            continue
+        verdict = evaluator.quality.judge(result.accuracy, result.seconds)
+        if verdict.status:
+            statuses[verdict.status] += 1
+    stats["quality"] = evaluator.quality.stats()
+    return evaluator
+
+
+def _report(args, n, statuses, stats, screen_seconds, survivors: int, evaluator) -> None:
+    from evaluators.protocols import PROTOCOLS
+
     print(f"rejection protocols on {n} random graphs (seed {args.seed}, torch threads {args.threads})")
     print(f"{'protocol':<13}{'checked':>8}{'rejected':>10}{'of all':>9}{'ms/cand':>10}")
     for name in PROTOCOLS:
@@ -103,25 +123,17 @@ def main(argv=None) -> int:
     full = sum(1e3 * stats[p]["seconds"] / max(stats[p]["checked"], 1)
                for p in ("validity", "duplicate", "equivalence", "stability"))
     print(f"a candidate that reaches protocol 4 costs about {full:.1f} ms ({1e3 / full:.1f}/s if all did)")
-    rejected_screen = n - len(survivors)
-    print(f"trainings saved by protocols 1-4: {rejected_screen / n:.1%} of candidates never trained")
+    print(f"trainings saved by protocols 1-4: {(n - survivors) / n:.1%} of candidates never trained")
     if evaluator is not None:
         k = len(evaluator.config.archs)
         quality_rejected = evaluator.quality.rejected
         would_be = n * k
-        trained = len(survivors) * 1 + (len(survivors) - quality_rejected) * k
+        trained = survivors * 1 + (survivors - quality_rejected) * k
         short = min(evaluator.config.quality_steps, evaluator.config.steps) / evaluator.config.steps
-        cost = len(survivors) * short + (len(survivors) - quality_rejected) * k
-        print(f"protocol 5 rejected {quality_rejected} of {len(survivors)} survivors; proxy trainings "
-              f"run {trained - len(survivors)} of {would_be} would-be ({1 - cost / would_be:.1%} of "
+        cost = survivors * short + (survivors - quality_rejected) * k
+        print(f"protocol 5 rejected {quality_rejected} of {survivors} survivors; proxy trainings "
+              f"run {trained - survivors} of {would_be} would-be ({1 - cost / would_be:.1%} of "
               f"training compute saved, counting the short trainings)")
-    for status, items in examples.items():
-        if not items:
-            continue
-        print(f"\n{status}:")
-        for formula, reason in items:
-            print(f"  {formula}\n      {reason}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,9 +29,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from primitives.util import write_atomic
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "synthetic")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -347,28 +347,20 @@ def _load_fashion_mnist(data_root, download: bool):
     return out
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch(url: str, dest: Path, md5: str) -> None:
-    """Download `url` to `dest` atomically, checking its MD5."""
+    """Download `url` to `dest` atomically, checking its MD5 before it takes the name."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out)
-        got = _md5(Path(tmp))
-        if got != md5:
-            raise DatasetError(f"{url}: MD5 {got} does not match the expected {md5}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def download(out):
+        h = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != md5:
+            raise DatasetError(f"{url}: MD5 {h.hexdigest()} does not match the expected {md5}")
+
+    write_atomic(dest, download)
 
 
 def _download_fashion_mnist(dest: Path, stems) -> None:

@@ -9,9 +9,10 @@ before they start work, so hours of training never end in a failed write.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
+
+from primitives.util import write_atomic as _write_atomic
 
 
 class UnwritableError(OSError):
@@ -22,44 +23,16 @@ def _why(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (best effort: some file systems refuse a directory fsync)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path, content) -> None:
     """Write `content` (bytes, str, or a function that writes to a binary file object) to
-    `path` through a temporary file renamed over it. On failure nothing at `path` changes
-    and the temporary file is gone; an OSError becomes an `UnwritableError`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    `path` through a temporary file renamed over it (`primitives.util.write_atomic`). On
+    failure nothing at `path` changes; an OSError becomes an `UnwritableError`."""
     try:
-        with open(tmp, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError) and not isinstance(err, UnwritableError):
-            raise UnwritableError(f"cannot write {path}: {_why(err)}") from err
-        raise
-    _fsync_dir(path.parent)
+        _write_atomic(path, content)
+    except OSError as err:
+        if isinstance(err, UnwritableError):
+            raise
+        raise UnwritableError(f"cannot write {path}: {_why(err)}") from err
 
 
 def check_writable_file(path) -> None:

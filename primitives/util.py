@@ -1,0 +1,71 @@
+"""Small helpers every layer needs: one-line error text, atomic file writes, missing values.
+
+They live in `primitives`, the bottom layer, so that `evaluators` and `search` share one
+version of each without importing upwards. Nothing here knows about layers.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def one_line(err: BaseException, limit: int | None = 300, kind: bool = True) -> str:
+    """An exception as one line: its message with white space folded (a multi-line
+    message joins up rather than losing its tail), after its type name when `kind`,
+    cut to `limit` characters with "...". An empty message gives the type name."""
+    text = " ".join(str(err).split())
+    if not text:
+        text = type(err).__name__
+    elif kind:
+        text = f"{type(err).__name__}: {text}"
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def write_atomic(path, content) -> None:
+    """Write `content` (bytes, str, or a function that writes to a binary file object) to
+    `path` through a hidden temporary file next to it, flushed to disk and renamed over
+    it, so a reader, a crash or a full disk sees the old file or the new one, never half
+    of one. On any failure nothing at `path` changes, the temporary file is gone and the
+    exception goes on unchanged (search.files turns OSErrors into one-line errors)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (best effort: some file systems refuse a directory fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_missing(value) -> bool:
+    """True for an empty cell of a record: None, a NaN of any float type, pandas' NA or
+    NaT. Strings, lists and other containers are never missing."""
+    if value is None:
+        return True
+    import pandas as pd
+
+    return bool(pd.api.types.is_scalar(value) and not isinstance(value, str) and pd.isna(value))

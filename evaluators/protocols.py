@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from primitives import Graph, compile_layer, parse
 from primitives.canonical import canonical_hash
 from primitives.library import REFERENCE_LAYERS
+from primitives.util import one_line
 
 PROTOCOLS = ("validity", "duplicate", "equivalence", "stability", "quality")
 
@@ -89,11 +90,6 @@ class Protocol:
         self.checked += 1
         self.rejected += verdict.status is not None
         return verdict
-
-
-def _short(err: BaseException, limit: int = 200) -> str:
-    text = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # -- fixed parameters and probe inputs ------------------------------------------------------
@@ -322,7 +318,7 @@ class Validity(Protocol):
             with torch.no_grad():
                 y = layer(x)
         except Exception as err:  # a generated layer that does not run is data, not a crash
-            return Verdict("invalid", f"does not run: {_short(err)}")
+            return Verdict("invalid", f"does not run: {one_line(err, 200)}")
         if tuple(y.shape) != tuple(x.shape):
             return Verdict("invalid", f"output shape {tuple(y.shape)} does not keep the input shape "
                                       f"{tuple(x.shape)}")
@@ -337,7 +333,7 @@ class Validity(Protocol):
             with torch.no_grad():
                 varies = [_varies(layer(x64), layer(x2_64)) for layer in layers]
         except Exception as err:
-            return Verdict("invalid", f"does not run: {_short(err)}")
+            return Verdict("invalid", f"does not run: {one_line(err, 200)}")
         if not any(varies):
             return Verdict("invalid", "output is constant in x")
         return PASS
@@ -476,7 +472,7 @@ class Stability(Protocol):
             try:
                 verdict = self._check(graph)
             except Exception as err:
-                verdict = Verdict("unstable", f"gradient computation failed: {_short(err)}")
+                verdict = Verdict("unstable", f"gradient computation failed: {one_line(err, 200)}")
         return self._count(verdict)
 
     def worst_case(self, graph: Graph) -> tuple[float, float, list[float]]:

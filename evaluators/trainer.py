@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from primitives.codegen import unit_of
+from primitives.util import one_line
 
 from .proxies import build_proxy
 
@@ -177,12 +178,6 @@ class TrainResult:
     @property
     def ok(self) -> bool:
         return self.reason is None
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def is_plain_norm_act(model: nn.Module) -> bool:
@@ -324,7 +319,7 @@ def _train_and_score(model, dataset, config, device, split, progress, stop_at=No
     try:
         return _train(run, model, dataset, config, device, split, progress, stop_at, resume)
     except Exception as err:
-        return run.result(reason=f"{_one_line(err)} (at step {run.step})")
+        return run.result(reason=f"{one_line(err)} (at step {run.step})")
 
 
 def _train(run: _Run, model, dataset, config, device, split, progress, stop_at, resume) -> TrainResult:
@@ -412,7 +407,7 @@ def _first_compiled_step(run: _Run, net, model, run_step, opt, x, y):
     try:
         return net, run_step(net, x, y)
     except Exception as err:
-        run.note = f"compile failed, trained eagerly: {_one_line(err, 200)}"
+        run.note = f"compile failed, trained eagerly: {one_line(err, 200)}"
         run.compiled = False
         opt.zero_grad(set_to_none=True)
         return model, run_step(model, x, y)
@@ -455,5 +450,5 @@ def build_and_train(arch: str, layer_factory, dataset, config: TrainConfig | Non
     except Exception as err:
         return TrainResult(accuracy=None, final_loss=None, steps_done=0,
                            seconds=time.perf_counter() - start, compile_seconds=0.0,
-                           images_per_second=0.0, reason=f"building {arch} failed: {_one_line(err)}")
+                           images_per_second=0.0, reason=f"building {arch} failed: {one_line(err)}")
     return train_and_score(model, dataset, config, device, split, progress, stop_at, resume)

@@ -19,6 +19,8 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 
+from primitives.util import one_line
+
 
 @dataclass
 class Finished:
@@ -58,7 +60,7 @@ def safe_train(evaluator, graph_json: str) -> dict:
     except Exception as err:  # noqa: BLE001 - one bad candidate must not stop the search
         last = traceback.extract_tb(err.__traceback__)[-1:]
         where = f" at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno}" if last else ""
-        return {"status": "failed", "reason": f"{type(err).__name__}: {err}{where}"[:300],
+        return {"status": "failed", "reason": f"{one_line(err, limit=None)}{where}"[:300],
                 "seconds": time.perf_counter() - start}
 
 

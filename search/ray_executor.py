@@ -17,6 +17,8 @@ import socket
 import time
 from collections import Counter, deque
 
+from primitives.util import one_line
+
 from .executor import Executor, Finished, make_evaluator, safe_train
 
 
@@ -253,7 +255,7 @@ class RayExecutor(Executor):
         except self._ray.exceptions.RayError as err:  # anything else is this candidate's failure
             self._idle.append(slot)
             return [Finished(candidate_id, {"status": "failed", "seconds": 0.0,
-                                            "reason": f"{type(err).__name__}: {err}"[:300]},
+                                            "reason": one_line(err)},
                              f"ray-slot{slot}")]
         self._idle.append(slot)
         return [Finished(candidate_id, result, worker)]

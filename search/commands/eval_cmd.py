@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from primitives.util import one_line
 from search.cli import UsageError
 
 
@@ -97,7 +98,7 @@ def _load(config, device):
     except DatasetError as err:
         raise UsageError(str(err)) from None
     except RuntimeError as err:  # e.g. a device that does not exist
-        raise UsageError(f"cannot load {config.dataset} on {device}: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"cannot load {config.dataset} on {device}: {one_line(err, kind=False)}") from None
 
 
 def _layers(graph, no_baselines: bool) -> list:

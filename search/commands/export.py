@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from primitives.util import one_line
 from search.cli import UsageError
 from search.files import check_writable_file, write_atomic
 
@@ -85,7 +86,7 @@ def _export_coefficients(graph, args) -> int:
     try:
         table = coefficient_table(graph, state, None if state else (args.channels or 1))
     except (NotPolynomialError, ValueError, RuntimeError) as err:
-        raise UsageError(f"cannot export coefficients: {' '.join(str(err).split())[:300]}") from None
+        raise UsageError(f"cannot export coefficients: {one_line(err, kind=False)}") from None
     text = table_csv(table)
     if args.coefficients == "-":
         sys.stdout.write(text)

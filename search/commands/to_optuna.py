@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from primitives.util import one_line
 from search.cli import UsageError
 from search.files import check_writable_file
 
@@ -75,8 +76,7 @@ def _check_journal(path: Path) -> None:
                 if not isinstance(op, dict) or "op_code" not in op:
                     raise ValueError(f"line {lineno} is not a journal operation")
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"{path}: not an Optuna journal file: {line}") from None
+        raise UsageError(f"{path}: not an Optuna journal file: {one_line(err, kind=False)}") from None
 
 
 def run(args) -> int:
@@ -109,8 +109,7 @@ def run(args) -> int:
     except Exception as err:  # a storage file that is not an Optuna journal
         if created and storage_path.exists():
             storage_path.unlink()
-        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"{storage_path}: not a usable Optuna journal: {line}") from None
+        raise UsageError(f"{storage_path}: not a usable Optuna journal: {one_line(err, kind=False)}") from None
     import warnings
 
     with warnings.catch_warnings():

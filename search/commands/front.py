@@ -1,6 +1,7 @@
 """`evonorm front DIR`: the Pareto front of a run as a table, best mean accuracy first."""
 from __future__ import annotations
 
+from primitives.util import is_missing
 from search.cli import UsageError
 
 FORMATS = ("table", "csv", "json", "markdown")
@@ -33,9 +34,7 @@ def front_frame(run):
 
 
 def _cell(value, col) -> str:
-    import pandas as pd
-
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if is_missing(value):
         return "-"
     if col.startswith("acc_"):
         return f"{float(value):.4f}"
@@ -79,9 +78,7 @@ def render(df, fmt: str) -> str:
 def _jsonable(v):
     import math
 
-    import pandas as pd
-
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
+    if is_missing(v):
         return None
     if hasattr(v, "item"):
         v = v.item()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from primitives.util import is_missing
 from search.cli import UsageError
 from search.files import check_writable_file, write_atomic
 
@@ -266,8 +267,7 @@ def _recorded_baselines(df, accs) -> dict:
     for name in BASELINES:
         rows = df[(df["graph_hash"] == parse(REFERENCE_LAYERS[name]).hash) & (df["status"] == "ok")]
         if len(rows):
-            out[name] = {c: float(rows.iloc[0][c]) for c in accs if rows.iloc[0][c] is not None
-                         and rows.iloc[0][c] == rows.iloc[0][c]}
+            out[name] = {c: float(rows.iloc[0][c]) for c in accs if not is_missing(rows.iloc[0][c])}
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from primitives.util import is_missing
 from search.cli import UsageError
 
 
@@ -12,9 +13,7 @@ def add_arguments(parser):
 
 
 def _present(v) -> bool:
-    import pandas as pd
-
-    return v is not None and (isinstance(v, str) or not pd.isna(v))
+    return not is_missing(v)
 
 
 def _scores(rec: dict, accs) -> str:

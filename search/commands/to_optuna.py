@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from primitives.util import one_line
+from primitives.util import is_missing, one_line
 from search.cli import UsageError
 from search.files import check_writable_file
 
@@ -25,9 +25,7 @@ def add_arguments(parser):
 
 
 def _value(v):
-    import pandas as pd
-
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
+    if is_missing(v):
         return None
     return v.item() if hasattr(v, "item") else v
 

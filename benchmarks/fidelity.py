@@ -11,7 +11,9 @@ Part 2, `search`: two default searches from the same seed, hurdles on and off, r
 side by side with one worker each for the same wall time, then stopped (SIGTERM).
 Printed: full trainings, candidates judged, front hypervolume (reference: the
 worst accuracy of any trained layer, minus 0.01), wasted trainings (rows whose
-scores copy another's bit for bit).
+scores copy another's bit for bit). The off arm still scores every candidate at
+the rungs (`--hurdle-share 1` stops no one), so its full trainings also give part
+1's table, printed after (and again by `report`).
 
     python benchmarks/fidelity.py rank --run results/example --limit 40
     python benchmarks/fidelity.py search --minutes 30
@@ -28,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ARCHS = ["resnet", "mobilenetv2", "efficientnet"]
 
 
 def rank(args) -> None:
@@ -71,7 +75,7 @@ def summarise(table, run, rungs, total) -> None:
     from search.hurdles import Hurdles
     from search.pareto import pareto_mask
 
-    archs = ["resnet", "mobilenetv2", "efficientnet"]
+    archs = ARCHS
     table = table.dropna()
     print(f"{len(table)} layers from {run}, full budget {total} steps; Kendall tau with the full score:")
     print(f"{'rung':>6} " + " ".join(f"{a:>13}" for a in archs))
@@ -97,7 +101,10 @@ def summarise(table, run, rungs, total) -> None:
 
 def search(args) -> None:
     out = Path(args.out)
-    arms = {"hurdles": ["--hurdles"], "no-hurdles": ["--no-hurdles"]}
+    # the off arm is measured at the rungs but stops no one (share 1: never "more than all"
+    # peers dominate), so its full trainings also give part 1's rank table for free; the
+    # price is one evaluation per proxy per rung, as the on arm pays it too
+    arms = {"hurdles": ["--hurdles"], "no-hurdles": ["--hurdles", "--hurdle-share", "1"]}
     procs = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, flags in arms.items():
@@ -110,6 +117,25 @@ def search(args) -> None:
     for p in procs.values():
         p.wait(timeout=600)
     report(out, list(arms))
+
+
+def run_table(run_dir: Path):
+    """Part 1's table from a run's own `ok` records: rung scores (`rung_scores`) beside the
+    full score of the same training (the first seed's, where a confirmation added a second)."""
+    import pandas as pd
+
+    from search.rundir import load_run
+
+    rows = []
+    for _, r in load_run(run_dir).candidates.query("status == 'ok'").iterrows():
+        rungs = json.loads(r["rung_scores"]) if isinstance(r["rung_scores"], str) else []
+        seeds = json.loads(r["seed_scores"]) if isinstance(r["seed_scores"], str) else []
+        full, row = (seeds[0] if seeds else r), {"id": int(r["id"])}
+        for arch in ARCHS:
+            row[f"{arch}@{int(r['steps_trained'])}"] = full[f"acc_{arch}"]
+            row.update({f"{arch}@{rung['steps']}": rung[f"acc_{arch}"] for rung in rungs})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def report(out: Path, names) -> None:
@@ -126,13 +152,17 @@ def report(out: Path, names) -> None:
         full = df[df["status"] == "ok"]
         stopped = int((df["status"] == "stopped").sum())
         trained = df[df["status"].isin(["ok", "stopped", "low_quality", "failed"])]
-        wasted = int(trained.duplicated(accs).sum() - trained[accs].isna().all(axis=1).sum().clip(0))
+        wasted = int(trained.dropna(subset=accs).duplicated(accs).sum())
         hours = float(df["seconds"].sum()) / 3600
         points = full[accs].to_numpy(dtype=float)
         front = points[pareto_mask(points, ["max"] * 3)] if len(points) else points
         hv = hypervolume(front, ["max"] * 3, [ref] * 3) if len(front) else 0.0
         print(f"{name:>11} {len(df):>8} {len(trained):>8} {len(full):>6} {stopped:>8} {wasted:>7} "
               f"{hours:>9.2f} {len(df) / max(hours, 1e-9):>9.1f} {hv:>12.6f}")
+    table = run_table(out / names[-1])
+    if len(table) >= 3:
+        steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
+        summarise(table, out / names[-1], steps[:-1], steps[-1])
 
 
 def main() -> None:

@@ -168,6 +168,23 @@ def format_number(value: float) -> str:
     return plain
 
 
+def node_label(node) -> str:
+    """How a drawing names one node: x, a vector's name, a number, an operator's symbol
+    (`** k` for powers), or a function with the keywords that differ from its defaults."""
+    spec = node.spec
+    if node.op == "param":
+        return node.attrs["name"]
+    if node.op == "const":
+        return format_number(node.attrs["value"])
+    if node.op == "pow":
+        return f"** {node.attrs['k']}"
+    if spec.kind in ("infix", "prefix"):
+        return spec.symbol
+    keywords = [f"{key}={format_number(float(node.attrs[key]))}" for key, kw in spec.keywords.items()
+                if node.attrs[key] != kw.default]
+    return f"{node.op}({', '.join(keywords)})" if keywords else node.op
+
+
 def reading_order(graph: Graph, node) -> list[int]:
     """A node's inputs in the order a reader expects: for commutative ops, numbers
     first in a product, then a chain of the same op, then what depends on x,

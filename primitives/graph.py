@@ -175,13 +175,21 @@ class Graph:
     def __len__(self) -> int:
         return len(self._nodes)
 
-    @cached_property
-    def dag(self) -> nx.DiGraph:
-        return _to_networkx(self._nodes)
+    def to_networkx(self) -> nx.DiGraph:
+        """The graph as a fresh networkx `DiGraph`, for one's own analyses and drawings.
 
-    @cached_property
-    def input_id(self) -> int:
-        return next(i for i, n in enumerate(self._nodes) if n.op == "x")
+        Node `i` is `nodes[i]`, with attributes `op` (the registry name) and `label` (x, a
+        vector's name, a number, an operator's symbol, or a function with its keywords
+        that differ from the defaults); an edge `j -> i` for each input `j` of node `i`,
+        with attribute `slots`, the input positions it feeds (`x * x`: (0, 1)). The graph
+        attribute `output` is the output node. Node numbers are a topological order."""
+        from .formula import node_label
+
+        dag = _to_networkx(self._nodes)
+        for i, node in enumerate(self._nodes):
+            dag.nodes[i]["label"] = node_label(node)
+        dag.graph["output"] = self._output
+        return dag
 
     def to_json(self) -> str:
         """Canonical JSON: registry op names, input positions and literal values only."""
@@ -307,7 +315,12 @@ class Graph:
 def _to_networkx(nodes) -> nx.DiGraph:
     dag = nx.DiGraph()
     dag.add_nodes_from((i, {"op": n.op}) for i, n in enumerate(nodes))
-    dag.add_edges_from((j, i) for i, n in enumerate(nodes) for j in n.inputs)
+    for i, n in enumerate(nodes):
+        for slot, j in enumerate(n.inputs):
+            if dag.has_edge(j, i):
+                dag.edges[j, i]["slots"] += (slot,)
+            else:
+                dag.add_edge(j, i, slots=(slot,))
     return dag
 
 

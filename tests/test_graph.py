@@ -169,3 +169,41 @@ def test_reference_layer_properties():
 def test_from_nodes_rejects_forward_references():
     with pytest.raises(GraphError):
         Graph.from_nodes([("relu", (1,), {}), ("x", (), {})], 0)
+
+
+def test_to_networkx_structure_of_evonorm_s0():
+    import networkx as nx
+
+    g = parse("x * sigmoid(v1 * x) / group_std(x, groups=8) * gamma + beta")
+    dag = g.to_networkx()
+    # x, v1, v1 * x, sigmoid, x * sigmoid, group_std, /, gamma, *, beta, +
+    assert dag.number_of_nodes() == len(g) == 11
+    assert dag.number_of_edges() == sum(len(n.inputs) for n in g.nodes) == 12
+    assert nx.is_directed_acyclic_graph(dag)
+    assert all(j < i for j, i in dag.edges)        # node numbers are a topological order
+    assert list(nx.lexicographical_topological_sort(dag)) == list(range(len(g)))
+    assert dag.graph["output"] == g.output
+    assert [n for n in dag if dag.out_degree(n) == 0] == [g.output]
+    assert nx.ancestors(dag, g.output) == set(range(len(g))) - {g.output}
+    x = next(n for n, op in dag.nodes(data="op") if op == "x")
+    assert dag.out_degree(x) == 3                  # v1 * x, x * sigmoid, group_std(x)
+    for i, node in enumerate(g.nodes):
+        assert dag.nodes[i]["op"] == node.op
+        assert set(dag.predecessors(i)) == set(node.inputs)
+        slots = {s: j for j in dag.predecessors(i) for s in dag.edges[j, i]["slots"]}
+        assert slots == dict(enumerate(node.inputs))
+    labels = sorted(label for _, label in dag.nodes(data="label"))
+    assert labels == sorted(["x", "v1", "*", "sigmoid", "*", "group_std(groups=8)", "/", "gamma", "*",
+                             "beta", "+"])
+
+
+def test_to_networkx_keeps_both_slots_of_a_repeated_input():
+    g = parse("x * x + x ** 3 + 2 * x")
+    dag = g.to_networkx()
+    square = next(i for i, n in enumerate(g.nodes) if n.op == "mul" and n.inputs[0] == n.inputs[1])
+    x = g.nodes[square].inputs[0]
+    assert dag.edges[x, square]["slots"] == (0, 1)
+    assert dag.nodes[next(i for i, n in enumerate(g.nodes) if n.op == "pow")]["label"] == "** 3"
+    assert "2" in {label for _, label in dag.nodes(data="label")}
+    dag.add_edge(g.output, x)                      # a copy: the graph itself is untouched
+    assert g.to_networkx().number_of_edges() == dag.number_of_edges() - 1

@@ -136,6 +136,41 @@ def test_show_unknown_id_is_exit_2(capsys, small_run):
     assert code == 2 and err.count("\n") == 1
 
 
+def test_show_graph_draws_a_png(capsys, small_run, tmp_path):
+    df = load_run(small_run).candidates
+    ok = df[df["status"] == "ok"].iloc[0]
+    image = tmp_path / "g.png"
+    code, out, err = cli(capsys, "show", small_run, int(ok["id"]), "--graph", image)
+    assert code == 0, err
+    assert ok["formula"] in out and f"wrote {image}" in out
+    data = image.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", small_run.name]   # no temporary left
+
+
+@pytest.mark.parametrize("where", ["missing-dir/g.png", "a-file/g.png", "g.txt"])
+def test_show_graph_bad_path_is_exit_2_and_writes_nothing(capsys, small_run, tmp_path, where):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = cli(capsys, "show", small_run, 0, "--graph", tmp_path / where)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "g." in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_graph_layers_run_left_to_right():
+    from primitives import parse
+    from search.commands.show import graph_layers, graph_positions
+
+    g = parse("x / max(batch_std(x, eps=1e-3), v1 * x + instance_std(x, eps=1e-3)) * gamma + beta")
+    dag = g.to_networkx()
+    layer = graph_layers(dag, g.output)
+    x = next(i for i, n in enumerate(g.nodes) if n.op == "x")
+    assert layer[x] == 0 and layer[g.output] == max(layer.values()) == 6   # x / max(.. + ..) * gamma + beta
+    assert all(layer[j] < layer[i] for j, i in dag.edges)
+    pos = graph_positions(dag, layer)
+    assert len(set(pos.values())) == len(g)            # no two nodes drawn on the same spot
+
+
 # -- plot ----------------------------------------------------------------------------------------
 
 

@@ -242,17 +242,24 @@ def _funnel_panel(ax, df) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
-def run(args) -> int:
-    from search.commands.front import load
-
-    output = Path(args.output)
+def image_output(path) -> tuple[Path, str]:
+    """(path, format) of an image to write, checked before any work: it ends in .png, .pdf
+    or .svg (a UsageError) and can be written there (an UnwritableError)."""
+    output = Path(path)
     if output.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"{output}: the output must end in .png, .pdf or .svg")
     check_writable_file(output)
+    return output, output.suffix[1:].lower()
+
+
+def run(args) -> int:
+    from search.commands.front import load
+
+    output, fmt = image_output(args.output)
     if args.dpi < 20 or args.dpi > 1200:
         raise UsageError("--dpi must be between 20 and 1200")
     run = load(args.run_dir)
-    write_atomic(output, lambda f: draw(run, f, dpi=args.dpi, fmt=output.suffix[1:].lower()))
+    write_atomic(output, lambda f: draw(run, f, dpi=args.dpi, fmt=fmt))
     print(f"wrote {output}")
     return 0
 

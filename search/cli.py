@@ -3,16 +3,17 @@
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`, and
 imports heavy libraries (torch, ray, matplotlib) inside `run`, so that
 `evonorm --help` and the light commands start fast.
-Bad input raises `UsageError`; it becomes one line on stderr and exit status 2.
+Bad input raises one of the `search.errors` types (`UsageError` for a flag, the
+library's own for a config, a run directory or an output); each becomes one line on
+stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
-from search.files import UnwritableError
+from search.errors import EvonormError, UsageError
 
 # name -> (module under search.commands, one-line help)
 COMMANDS = {
@@ -29,10 +30,6 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit status 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
         raise UsageError(f"{self.prog}: {message}")
@@ -42,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="evonorm", description="Evolve normalization-activation layers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(f"search.commands.{module}") is None:
-            continue  # not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         _load(module).add_arguments(p)
@@ -58,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(_load(args._module).run(args) or 0)
-    except (UsageError, UnwritableError) as err:  # an output that cannot be written is bad input too
+    except EvonormError as err:  # a flag, a config, a run directory, an output: bad input
         print(f"evonorm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]  # UsageError: the commands' import
+
 if __name__ == "__main__":
-    # `python -m search.cli`: run the imported module, so UsageError is one class.
-    from search.cli import main as _main
-    sys.exit(_main())
+    sys.exit(main())

@@ -14,9 +14,7 @@ from pathlib import Path
 
 from primitives.util import write_atomic as _write_atomic
 
-
-class UnwritableError(OSError):
-    """An output that cannot be written; its message is one line naming the path."""
+from .errors import UnwritableError  # noqa: F401  (raised here; defined with the other user errors)
 
 
 def _why(err: OSError) -> str:

@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.record import STATUSES  # noqa: F401  (one list of statuses)
+
+from .errors import RunDirError
 PART_RE = re.compile(r"^part-(\d+)\.parquet$")
 CANDIDATES = "candidates"
 RUN_JSON = "run.json"
 FRONT = "front.parquet"
-
-
-class RunDirError(ValueError):
-    """A missing, unreadable or corrupt run directory; the message is one line naming the file."""
 
 
 def candidate_schema(archs):

@@ -1,7 +1,7 @@
 """`evonorm check FORMULA`: parse a formula and describe the layer it compiles to."""
 from __future__ import annotations
 
-from search.cli import UsageError
+from search.errors import UsageError
 
 
 def add_arguments(parser):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from primitives.util import one_line
-from search.cli import UsageError
+from search.errors import UsageError
 from search.files import check_writable_file, write_atomic
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from primitives.util import is_missing
-from search.cli import UsageError
+from search.errors import UsageError
 
 FORMATS = ("table", "csv", "json", "markdown")
 

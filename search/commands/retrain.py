@@ -35,7 +35,7 @@ STARTUP_TRIALS = 5
 DEFAULT_TRIALS = 12
 LR_RANGE_AT_128 = (0.02, 0.5)
 
-from search.cli import UsageError
+from search.errors import UsageError
 from search.files import check_writable_file, write_atomic
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from primitives.util import is_missing, one_line
-from search.cli import UsageError
+from search.errors import UsageError
 from search.files import check_writable_file
 
 

@@ -2,7 +2,7 @@
 
 The generated module (fused kernels), its written-out twin (`fuse=False`) and the exported
 file are each run next to a naive interpreter that walks `graph.nodes` and computes every op
-from its definition in shared/DESIGN.md: moments reduced directly over their axes, std and
+from its definition in the formula language (README.md): moments reduced directly over their axes, std and
 rms with their eps, group counts lowered to a divisor of C, poly and rational units from
 their formulas, batch moments keeping their own running estimates. Both sides see the same
 parameter values at every step (the module's SGD steps are applied to both), so any
@@ -26,7 +26,7 @@ N_RANDOM = 300
 STEPS = 3
 LR = 0.05
 
-# Initial values of the learnable vectors, as DESIGN.md states them.
+# Initial values of the learnable vectors, as the formula language defines them (README.md).
 VECTOR_START = {"gamma": 1.0, "beta": 0.0, "v0": 0.0, **{f"v{i}": 1.0 for i in range(1, 10)}}
 
 # Formulas that hold every moment kind and every fused standardisation, so coverage does not
@@ -188,7 +188,7 @@ def _unit_coefficients(module, graph):
 
 
 def _design_start(graph, channels):
-    """The parameters DESIGN.md prescribes at construction: named vectors at their start
+    """The parameters the formula language prescribes at construction: named vectors at their start
     values, poly and rational units at the identity (a1 = 1, every other coefficient 0)."""
     vectors = {n.attrs["name"]: torch.full((channels,), VECTOR_START[n.attrs["name"]], dtype=torch.float64)
                for n in graph.nodes if n.op == "param"}
@@ -251,7 +251,7 @@ def _shape(index, channels):
 
 
 def _perturbed_modules(graph, index, channels, gen):
-    """The three modules, checked to start where DESIGN.md says, then moved off that start
+    """The three modules, checked to start where the formula language says, then moved off that start
     by the same noise so that no coefficient hides behind a zero or a one."""
     momentum = None if index % 2 else [0.3, 0.05][index % 4 // 2]
     modules = _modules(graph, channels, momentum)

@@ -126,7 +126,7 @@ def test_a_run_on_disk_has_every_record_once_with_consistent_copies(uninterrupte
 
 
 def test_copies_carry_the_steps_behind_the_scores_they_copy(uninterrupted):
-    """DESIGN.md: steps_trained is the training behind the acc_<arch> scores."""
+    """steps_trained is the training behind the acc_<arch> scores (README.md, "The run directory")."""
     frame = load_run(uninterrupted).candidates.set_index("id")
     copies = frame[frame["status"].isin(["duplicate", "equivalent"])]
     assert len(copies) >= 1

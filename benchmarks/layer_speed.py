@@ -15,7 +15,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from primitives import compile_layer, parse

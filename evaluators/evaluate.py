@@ -8,15 +8,14 @@ candidates are data, not exceptions: nothing here raises for a bad layer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from primitives import FormulaError, Graph, GraphError, compile_layer, parse
+from primitives import Graph, compile_layer
 
 from . import trainer as _trainer
-from .protocols import PROTOCOLS, Quality
+from .protocols import Quality
 from .screen import Screen, describe, to_graph  # noqa: F401  (part of this module's face)
 
 _TRAIN_DEFAULTS = _trainer.TrainConfig()

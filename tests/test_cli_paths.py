@@ -3,7 +3,6 @@ search stopped with Ctrl-C and resumed with a raised budget, and the bad inputs 
 and of the Ray options (one line on stderr, exit 2, nothing written)."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

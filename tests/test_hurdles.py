@@ -6,7 +6,6 @@ import io
 import json
 import random
 
-import numpy as np
 import pytest
 import torch
 

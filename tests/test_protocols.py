@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import random
 import time
-import zlib
 
-import numpy as np
 import pytest
 import torch
 

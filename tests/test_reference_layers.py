@@ -4,7 +4,6 @@ Each reference below is written directly in torch from the papers' math, not
 through the layer language. Train mode runs several steps (so running
 statistics matter), then eval mode; outputs and gradients must agree to 1e-8.
 """
-import math
 
 import pytest
 import torch

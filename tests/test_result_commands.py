@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_run
 from search.cli import main
 from search.pareto import pareto_mask_bruteforce
 from search.rundir import load_run

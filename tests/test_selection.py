@@ -1,5 +1,4 @@
 """Aging evolution: the oldest leaves; the tournament winner is on the sample's Pareto front."""
-import itertools
 import random
 
 from search.selection import Member, Population, tournament

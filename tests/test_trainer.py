@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from evaluators.datasets import load_dataset
-from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES, ProxyError
+from evaluators.proxies import SEARCH_PROXIES, ProxyError
 from evaluators.trainer import TrainConfig, TrainResult, build_and_train, should_compile, train_and_score
 
 FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False, threads=1)

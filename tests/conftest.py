@@ -103,3 +103,32 @@ def run_factory(tmp_path):
 @pytest.fixture
 def small_run(run_factory):
     return run_factory(n=60, baselines={"BN-ReLU": {"acc_resnet": 0.8, "acc_mobilenetv2": 0.75}})
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    """A regular file: a path below it cannot be written by anyone, root included."""
+    path = tmp_path / "a-file"
+    path.write_text("not a directory\n")
+    return path
+
+
+@pytest.fixture
+def real_run(tmp_path):
+    """A run directory `run` of two real layers (id 0 EvoNorm-S0, id 1 BN-ReLU, scored on
+    resnet), as `evonorm search` writes it."""
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS
+    from search.store import RunStore
+
+    path = tmp_path / "run"
+    info = {"config": {"dataset": "synthetic", "archs": ["resnet"]}, "seed": 0, "archs": ["resnet"],
+            "objectives": [{"column": "acc_resnet", "goal": "max"}], "started_at": "2026-01-01T00:00:00+00:00"}
+    with RunStore.create(path, info) as store:
+        for i, name in enumerate(["evonorm-s0", "bn-relu"]):
+            g = parse(REFERENCE_LAYERS[name])
+            store.append({"id": i, "formula": str(g), "graph": g.to_json(), "graph_hash": g.hash, "status": "ok",
+                          "acc_resnet": 0.5 + i / 10, "params_per_channel": g.params_per_channel,
+                          "uses_batch_stats": g.uses_batch_stats, "poly_degree": g.poly_degree,
+                          "seconds": 1.0, "worker": "w0", "created_at": datetime.now(timezone.utc)})
+    return path

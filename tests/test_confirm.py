@@ -13,7 +13,8 @@ from primitives import parse
 from primitives.library import REFERENCE_LAYERS
 from search.config import build_config
 from search.evolution import Driver
-from search.executor import Executor, LocalExecutor, evaluator_spec, make_screen
+from helpers import QueuedExecutor
+from search.executor import evaluator_spec, make_screen
 from search.modes import get_mode
 from search.pareto import pareto_mask
 from search.store import MemoryStore, RunStore
@@ -34,33 +35,6 @@ def test_surrogate_honours_a_seed_deterministically():
     assert [one[k] for k in KEYS] == [one_again[k] for k in KEYS]
     assert [one[k] for k in KEYS] != [base[k] for k in KEYS] != [two[k] for k in KEYS]
     assert all(abs(one[k] - base[k]) <= 0.02 for k in KEYS)
-
-
-class Logging(Executor):
-    """Local training that logs every task (id, steps, seed) and can stop like a Ctrl-C."""
-
-    capacity = 2
-
-    def __init__(self, spec, log, stop_after=None):
-        self.local, self.log, self.stop_after, self.jobs = LocalExecutor(spec), log, stop_after, []
-
-    def submit(self, candidate_id, task):
-        self.jobs.append((candidate_id, task))
-
-    @property
-    def in_flight(self):
-        return len(self.jobs)
-
-    def wait(self, timeout=None):
-        if not self.jobs:
-            return []
-        if self.stop_after is not None and len(self.log) >= self.stop_after:
-            raise KeyboardInterrupt
-        cid, task = self.jobs.pop(0)
-        self.log.append((cid, task["steps"] if isinstance(task, dict) else None,
-                         task.get("seed") if isinstance(task, dict) else None))
-        self.local.submit(cid, task)
-        return self.local.wait()
 
 
 def _driver(store, executor, budget=60, records=(), checkpoints=(), start_id=0, **overrides):
@@ -84,7 +58,7 @@ def test_front_entrants_are_confirmed_on_a_second_seed(hurdles):
     on seed + 1; its scores are the mean of the two seeds', each kept in seed_scores;
     the confirmation's time shows under stage_seconds["confirm"]; nobody else is."""
     store, log = MemoryStore(), []
-    driver, spec = _driver(store, Logging(_spec(), log), seed=3, hurdles=hurdles)
+    driver, spec = _driver(store, QueuedExecutor(_spec(), log=log), seed=3, hurdles=hurdles)
     driver.run()
     records = store.records            # in the order written: the front evolves in this order
     assert len(records) == 60
@@ -119,7 +93,7 @@ def test_front_entrants_are_confirmed_on_a_second_seed(hurdles):
 
 def test_no_confirm_trains_every_candidate_once():
     store, log = MemoryStore(), []
-    driver, _ = _driver(store, Logging(_spec(), log), confirm=False)
+    driver, _ = _driver(store, QueuedExecutor(_spec(), log=log), confirm=False)
     driver.run()
     assert not any(r.get("seed_scores") for r in store.records)
     assert not any(seed for _, _, seed in log)
@@ -131,14 +105,14 @@ def test_resume_while_confirming_loses_nothing_and_trains_nothing_twice(tmp_path
     store = RunStore.create(tmp_path / "run", info, flush_every=3)
     with pytest.raises(KeyboardInterrupt):
         # stop right after the first candidate finished its first seed: it waits to be confirmed
-        driver, _ = _driver(store, Logging(_spec(), log, stop_after=1), budget=30, hurdles=False)
+        driver, _ = _driver(store, QueuedExecutor(_spec(), log=log, stop_after=1), budget=30, hurdles=False)
         driver.run()
     store.close()
     store = RunStore.open(tmp_path / "run", flush_every=3)
     records, checkpoints = store.records(), store.checkpoints()
     assert [r.get("confirm") for r, _ in checkpoints] == [True]
     waiting = int(checkpoints[0][0]["id"])
-    driver, _ = _driver(store, Logging(_spec(), log), budget=30, hurdles=False, records=records,
+    driver, _ = _driver(store, QueuedExecutor(_spec(), log=log), budget=30, hurdles=False, records=records,
                         checkpoints=checkpoints, start_id=store.next_id)
     driver.run()
     store.close()

@@ -16,7 +16,8 @@ from primitives import compile_layer, parse
 from primitives.library import REFERENCE_LAYERS
 from search.config import build_config
 from search.evolution import Driver
-from search.executor import Executor, LocalExecutor, evaluator_spec, make_screen
+from helpers import QueuedExecutor
+from search.executor import LocalExecutor, evaluator_spec, make_screen
 from search.hurdles import Hurdles
 from search.modes import get_mode
 from search.store import MemoryStore, RunStore
@@ -159,48 +160,20 @@ def test_driver_with_hurdles_keeps_exact_budgets_and_records_stopped_candidates(
     assert not parents & {r["id"] for r in stopped}, "a stopped candidate became a parent"
 
 
-class Interrupting(Executor):
-    """A local executor that logs what it trains, (id, steps), and raises KeyboardInterrupt
-    (a Ctrl-C) instead of training once it has trained `stop_after` tasks."""
-
-    capacity = 2
-
-    def __init__(self, spec, log, stop_after=None):
-        self.local, self.log, self.stop_after = LocalExecutor(spec), log, stop_after
-        self.jobs = []
-
-    def submit(self, candidate_id, task):
-        self.jobs.append((candidate_id, task))
-
-    @property
-    def in_flight(self):
-        return len(self.jobs)
-
-    def wait(self, timeout=None):
-        if not self.jobs:
-            return []
-        if self.stop_after is not None and len(self.log) >= self.stop_after:
-            raise KeyboardInterrupt
-        cid, task = self.jobs.pop(0)
-        self.log.append((cid, task["steps"]))
-        self.local.submit(cid, task)
-        return self.local.wait()
-
-
 def test_resume_between_rungs_loses_nothing_and_trains_nothing_twice(tmp_path):
     info = {"config": {}, "archs": ["resnet", "mobilenetv2", "efficientnet"]}
     spec = evaluator_spec(build_config(overrides=dict(evaluator="surrogate")))
     log = []
     store = RunStore.create(tmp_path / "run", info, flush_every=3)
     with pytest.raises(KeyboardInterrupt):
-        _driver(store, budget=40, executor=Interrupting(spec, log, stop_after=16)).run()
+        _driver(store, budget=40, executor=QueuedExecutor(spec, log=log, stop_after=16)).run()
     store.close()
     store = RunStore.open(tmp_path / "run", flush_every=3)
     records, checkpoints = store.records(), store.checkpoints()
     waiting = {int(r["id"]) for r, _ in checkpoints}
     assert waiting, "no candidate was between rungs at the interrupt"
     assert not waiting & {r["id"] for r in records}
-    _driver(store, budget=40, executor=Interrupting(spec, log), records=records,
+    _driver(store, budget=40, executor=QueuedExecutor(spec, log=log), records=records,
             checkpoints=checkpoints, start_id=store.next_id).run()
     store.close()
     final = RunStore.open(tmp_path / "run").records()
@@ -210,5 +183,5 @@ def test_resume_between_rungs_loses_nothing_and_trains_nothing_twice(tmp_path):
     for r in final:   # every rung of a recorded candidate was trained, once
         if r["status"] in ("ok", "stopped"):
             for rung in json.loads(r["rung_scores"]):
-                assert (r["id"], rung["steps"]) in log
+                assert (r["id"], rung["steps"], None) in log
     assert not list((tmp_path / "run" / "pending").glob("*"))

@@ -148,8 +148,7 @@ def test_show_graph_draws_a_png(capsys, small_run, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["missing-dir/g.png", "a-file/g.png", "g.txt"])
-def test_show_graph_bad_path_is_exit_2_and_writes_nothing(capsys, small_run, tmp_path, where):
-    (tmp_path / "a-file").write_text("not a directory\n")
+def test_show_graph_bad_path_is_exit_2_and_writes_nothing(capsys, small_run, tmp_path, a_file, where):
     before = sorted(tmp_path.rglob("*"))
     code, out, err = cli(capsys, "show", small_run, 0, "--graph", tmp_path / where)
     assert code == 2 and out == "" and err.count("\n") == 1 and "g." in err

@@ -1,9 +1,6 @@
 """The search driver and `evonorm search`: budget, columns, front, modes, bad input."""
 import json
 import os
-import random
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -11,36 +8,15 @@ import pytest
 from primitives import Graph
 from search.config import ConfigError, build_config
 from search.evolution import Driver
-from search.executor import Executor, Finished, LocalExecutor, evaluator_spec, make_screen
+from helpers import QueuedExecutor
+from search.executor import LocalExecutor, evaluator_spec, make_screen
 from search.modes import get_mode
 from evaluators.record import STATUSES
 from search.store import MemoryStore
 
-DESIGN_COLUMNS = ["id", "parent_id", "formula", "graph", "graph_hash", "status", "reason", "equivalent_to",
+RECORD_COLUMNS = ["id", "parent_id", "formula", "graph", "graph_hash", "status", "reason", "equivalent_to",
                   "params_per_channel", "uses_batch_stats", "poly_degree", "steps_trained", "seconds", "worker",
                   "created_at"]
-
-
-class ShuffledExecutor(Executor):
-    """Several candidates at once, finishing in a random order: exercises held duplicates."""
-
-    def __init__(self, spec, capacity=4, seed=0):
-        self.local = LocalExecutor(spec)
-        self.capacity, self.rng, self.jobs = capacity, random.Random(seed), []
-
-    def submit(self, candidate_id, graph_json):
-        self.jobs.append((candidate_id, graph_json))
-
-    @property
-    def in_flight(self):
-        return len(self.jobs)
-
-    def wait(self, timeout=None):
-        if not self.jobs:
-            return []
-        cid, gj = self.jobs.pop(self.rng.randrange(len(self.jobs)))
-        self.local.submit(cid, gj)
-        return self.local.wait()
 
 
 def run_driver(budget=120, executor=None, records=None, start_id=0, **overrides):
@@ -61,7 +37,7 @@ def test_budget_gives_exactly_n_records_with_unique_ids():
     assert len(records) == 150
     assert sorted(r["id"] for r in records) == list(range(150))
     for r in records:
-        assert set(DESIGN_COLUMNS) <= set(r)
+        assert set(RECORD_COLUMNS) <= set(r)
         assert r["status"] in STATUSES
     statuses = Counter(r["status"] for r in records)
     assert statuses["ok"] > 20
@@ -72,7 +48,7 @@ def test_budget_gives_exactly_n_records_with_unique_ids():
 
 def test_duplicates_copy_scores_even_when_original_in_flight():
     config = build_config(overrides=dict(evaluator="surrogate"))
-    executor = ShuffledExecutor(evaluator_spec(config), capacity=4)
+    executor = QueuedExecutor(evaluator_spec(config), capacity=4, shuffle_seed=0)
     records, _ = run_driver(budget=200, executor=executor)
     assert len(records) == 200 and len({r["id"] for r in records}) == 200
     by_id = {r["id"]: r for r in records}
@@ -86,7 +62,7 @@ def test_duplicates_copy_scores_even_when_original_in_flight():
 @pytest.mark.parametrize("executor_capacity", [1, 3])
 def test_sample_mode_never_proposes_a_batch_moment(executor_capacity):
     config = build_config(overrides=dict(evaluator="surrogate"))
-    executor = ShuffledExecutor(evaluator_spec(config), capacity=executor_capacity)
+    executor = QueuedExecutor(evaluator_spec(config), capacity=executor_capacity, shuffle_seed=0)
     records, _ = run_driver(budget=150, executor=executor, mode="sample")
     for r in records:
         graph = Graph.from_json(r["graph"])
@@ -164,7 +140,7 @@ def test_cli_run_writes_every_design_column_and_the_front(tmp_path, capsys):
     run = load_run(out)
     df = run.candidates
     assert len(df) == 60 and df["id"].is_unique and sorted(df["id"]) == list(range(60))
-    for col in DESIGN_COLUMNS + ["acc_resnet", "acc_mobilenetv2", "acc_efficientnet", "mutation"]:
+    for col in RECORD_COLUMNS + ["acc_resnet", "acc_mobilenetv2", "acc_efficientnet", "mutation"]:
         assert col in df.columns
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 0 and info["config"]["budget"] == 60 and "torch" in info["versions"]
@@ -242,7 +218,7 @@ def test_cli_real_training_on_the_synthetic_set(tmp_path, capsys):
     assert rc == 0, cap.err
     df = load_run(out).candidates
     assert len(df) == 10 and df["id"].is_unique
-    for col in DESIGN_COLUMNS:
+    for col in RECORD_COLUMNS:
         assert col in df.columns
     trained = df[df["worker"] != "driver"]
     ok = trained[trained["status"] == "ok"]

@@ -1,5 +1,5 @@
 """Outputs that cannot be written: one line on stderr, exit 2, nothing half-written, for
-every command that writes (search, resume, export, plot, retrain, to-optuna)."""
+every command that writes (search, resume, export, plot, show --graph, retrain, to-optuna)."""
 from __future__ import annotations
 
 import contextlib
@@ -23,14 +23,6 @@ def listing(path):
     return {(p, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
 
 
-@pytest.fixture
-def a_file(tmp_path):
-    """A regular file: a path below it cannot be written by anyone, root included."""
-    path = tmp_path / "a-file"
-    path.write_text("not a directory\n")
-    return path
-
-
 @contextlib.contextmanager
 def read_only(directory):
     """`directory` made unwritable: chmod for ordinary users, the immutable attribute for
@@ -52,28 +44,6 @@ def read_only(directory):
         if immutable:
             subprocess.run(["chattr", "-i", str(directory)], check=True)
         os.chmod(directory, 0o755)
-
-
-@pytest.fixture
-def small_run(tmp_path):
-    """A run directory of two real layers, as `evonorm search` writes it."""
-    from datetime import datetime, timezone
-
-    from primitives import parse
-    from primitives.library import REFERENCE_LAYERS
-    from search.store import RunStore
-
-    path = tmp_path / "run0"
-    info = {"config": {"dataset": "synthetic", "archs": ["resnet"]}, "seed": 0, "archs": ["resnet"],
-            "objectives": [{"column": "acc_resnet", "goal": "max"}], "started_at": "2026-01-01T00:00:00+00:00"}
-    with RunStore.create(path, info) as store:
-        for i, name in enumerate(["evonorm-s0", "bn-relu"]):
-            g = parse(REFERENCE_LAYERS[name])
-            store.append({"id": i, "formula": str(g), "graph": g.to_json(), "graph_hash": g.hash, "status": "ok",
-                          "acc_resnet": 0.5 + i / 10, "params_per_channel": g.params_per_channel,
-                          "uses_batch_stats": g.uses_batch_stats, "poly_degree": g.poly_degree,
-                          "seconds": 1.0, "worker": "w0", "created_at": datetime.now(timezone.utc)})
-    return path
 
 
 def assert_refused(code, err):
@@ -143,28 +113,29 @@ def test_resume_into_an_unwritable_run_dir(capsys, tmp_path):
         assert listing(run) == before
 
 
-def test_export_plot_to_optuna_retrain_unwritable(capsys, tmp_path, a_file, small_run):
-    before = listing(small_run)
+def test_export_plot_show_to_optuna_retrain_unwritable(capsys, tmp_path, a_file, real_run):
+    before = listing(real_run)
     for target in ("/proc/evonorm-out", a_file / "out"):
         for argv in (["export", "relu(x)", "-o", f"{target}.py"],
-                     ["export", small_run, "0", "-o", f"{target}.py"],
-                     ["plot", small_run, "-o", f"{target}.png"],
-                     ["to-optuna", small_run, "--storage", f"{target}.log"],
-                     ["retrain", small_run, "--top", "1", "--steps", "1", "-o", f"{target}.parquet"]):
+                     ["export", real_run, "0", "-o", f"{target}.py"],
+                     ["plot", real_run, "-o", f"{target}.png"],
+                     ["show", real_run, "0", "--graph", f"{target}.png"],
+                     ["to-optuna", real_run, "--storage", f"{target}.log"],
+                     ["retrain", real_run, "--top", "1", "--steps", "1", "-o", f"{target}.parquet"]):
             assert_refused(*cli(capsys, *argv)[::2])
-    assert listing(small_run) == before and sorted(os.listdir(tmp_path)) == ["a-file", "run0"]
+    assert listing(real_run) == before and sorted(os.listdir(tmp_path)) == ["a-file", "run"]
 
 
-def test_retrain_refuses_a_read_only_run_dir_before_training(capsys, small_run):
-    before = listing(small_run)
-    with read_only(small_run):
-        code, _, err = cli(capsys, "retrain", small_run, "--top", "1", "--steps", "1")
+def test_retrain_refuses_a_read_only_run_dir_before_training(capsys, real_run):
+    before = listing(real_run)
+    with read_only(real_run):
+        code, _, err = cli(capsys, "retrain", real_run, "--top", "1", "--steps", "1")
         assert_refused(code, err)
         assert "retrain.parquet" in err
-    assert listing(small_run) == before
+    assert listing(real_run) == before
 
 
-def test_plot_failure_midway_leaves_no_partial_image(capsys, tmp_path, small_run, monkeypatch):
+def test_plot_failure_midway_leaves_no_partial_image(capsys, tmp_path, real_run, monkeypatch):
     from search.commands import plot
     out = tmp_path / "front.png"
     out.write_bytes(b"the old plot")
@@ -173,5 +144,5 @@ def test_plot_failure_midway_leaves_no_partial_image(capsys, tmp_path, small_run
         output.write(b"\x89PNG half")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(plot, "draw", broken)
-    assert_refused(*cli(capsys, "plot", small_run, "-o", out)[::2])
-    assert out.read_bytes() == b"the old plot" and sorted(os.listdir(tmp_path)) == ["front.png", "run0"]
+    assert_refused(*cli(capsys, "plot", real_run, "-o", out)[::2])
+    assert out.read_bytes() == b"the old plot" and sorted(os.listdir(tmp_path)) == ["front.png", "run"]

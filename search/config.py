@@ -12,11 +12,14 @@ import dataclasses
 import os
 import time
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 
-from .modes import MODES
-
 from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
+
+from .errors import ConfigError
+from .modes import MODES
 
 DATASETS = ("fashion-mnist", "cifar10", "synthetic")
 ARCHS = SEARCH_PROXIES        # the default; any of PROXY_NAMES (the held-out plainnet too) may be chosen
@@ -24,43 +27,100 @@ EXECUTORS = ("local", "ray")
 EVALUATORS = ("train", "surrogate")
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the CLI turns it into one line and exit status 2."""
 
+def setting(default, help: str | None = None, *, resume: str | None = None, flags=None, least: int = 0,
+            most: float | None = None, positive: bool = False, choices: tuple[str, ...] | None = None,
+            check=None, **argparse):
+    """A SearchConfig field described once, so that a new setting is one edit.
+
+    `default`: the value (a type such as dict: a fresh one per config). Checks beyond
+    the field's annotated type: `least` (integers), `most` and `positive` (numbers),
+    `choices` (strings), `check` (a function of the value raising ConfigError).
+    `help`: the `evonorm search` flag's text (none, no flag); `resume`: the `evonorm
+    resume` flag's text, for a setting a resumed run may change; `flags`: flag names
+    other than --the-field-name (booleans: (flag, value it sets, help) each);
+    `argparse`: more `add_argument` keywords (None removes a derived one)."""
+    meta = {"help": help, "resume": resume, "flags": flags, "least": least, "most": most,
+            "positive": positive, "choices": choices, "check": check, "argparse": argparse}
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _known_archs(archs: tuple[str, ...]) -> None:
+    if not archs:
+        raise ConfigError("archs may not be empty")
+    for a in archs:
+        if a not in PROXY_NAMES:
+            raise ConfigError(f"unknown arch {a!r} (choose from {', '.join(PROXY_NAMES)})")
+    if len(set(archs)) != len(archs):
+        raise ConfigError("archs lists an arch twice")
 
 @dataclass
 class SearchConfig:
-    out: str | None = None               # run directory; default results/<timestamp>-<mode>-s<seed>
-    address: str | None = None           # existing Ray cluster ("auto", "ray://host:10001", "host:port")
-    executor: str = "ray"                # ray | local (in-process, one candidate at a time)
-    workers: int | None = None           # default: one per GPU (see gpus_per_worker), else one per CPU
-    gpus_per_worker: float | None = None # default 1 when the cluster has GPUs, else 0
-    budget: int = 120                    # records in the run, rejected proposals included (~1 h on 2 CPU cores)
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    archs: tuple[str, ...] = ARCHS
-    steps: int | None = None             # training steps per proxy; default: the evaluators'
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    mode: str = "batch"
-    max_degree: int = 4                  # polynomial mode only
-    population: int = 16
-    tournament: int = 4
-    seed_formulas: tuple[str, ...] = ()
-    library_seeds: bool = True           # also seed with the reference layers that fit the mode
-    cost: bool = False                   # add params_per_channel (minimised) to the objectives
-    evaluator: str = "train"             # train (real proxies) | surrogate (cheap stand-in for tests)
-    surrogate_seconds: float = 0.0       # CPU-bound work per surrogate evaluation
-    hurdles: bool = True                 # progressive hurdles: train in rungs, stop the dominated
-    rungs: tuple[float, ...] = (0.34, 1.0)  # rung ends as fractions of the steps (the last is 1)
-    hurdle_share: float = 0.5            # stop when more than this share of rung peers dominate
-    hurdle_window: int = 32              # rung peers: the most recent this many measured there
-    confirm: bool = True                 # a candidate entering the front is trained on seed+1 too
-    max_retries: int = 2                 # resubmissions of a candidate whose worker died
-    flush_every: int = 20                # records per part file (at most)
-    flush_seconds: float = 30.0          # and at least this often
-    eval: dict = field(default_factory=dict)  # extra EvalConfig fields
+    """Every setting of a search. Each field is described once, here: its type (the
+    annotation), default, bounds and help text (`setting`); the `evonorm search` and
+    `evonorm resume` flags, the TOML and value checks and run.json's "config" all derive
+    from these fields. Fields are in the order of `evonorm search --help`."""
+
+    out: str | None = setting(None, "run directory (default results/<timestamp>-<mode>-s<seed>); "
+                                    "must be new or empty")
+    address: str | None = setting(
+        None, "existing Ray cluster: auto, ray://HOST:10001 or HOST:PORT (default: start a local instance)",
+        resume="existing Ray cluster (default: as recorded, else a local instance)")
+    executor: str = setting("ray", "ray (default) or local (in-process, one candidate at a time)",
+                            choices=EXECUTORS, resume="ray or local")
+    workers: int | None = setting(None, "worker actors (default: one per GPU, else one per CPU)",
+                                  least=1, resume="worker actors")
+    gpus_per_worker: float | None = setting(None, "GPU fraction per worker (default 1 with GPUs, 0 without)",
+                                            resume="GPU fraction per worker")
+    budget: int = setting(120, "records in the run, rejected proposals included (default 120)", least=1,
+                          resume="a new total budget (records), at least the recorded one")
+    dataset: str = setting("fashion-mnist", "fashion-mnist (default), cifar10 or synthetic", choices=DATASETS)
+    data_root: str | None = setting(None, "where the dataset files are",
+                                    resume="where the dataset files are on this machine")
+    # None: the evaluators' default (EvalConfig.steps, which is the trainer's); see eval_config_dict
+    steps: int | None = setting(None, "training steps per proxy (default 300 at batch 128; at another "
+                                      "--batch-size the count at which a candidate costs the same, e.g. "
+                                      "2300 at 8)", least=1)
+    batch_size: int | None = setting(None, "training batch size (default 128)", least=1)
+    lr: float | None = setting(None, "learning rate (default 0.1 at batch 128, scaled linearly with "
+                                     "--batch-size)", positive=True)
+    seed: int = setting(0, "search seed (default 0)", least=0)
+    mode: str = setting("batch", "batch (default), sample (no batch moments) or polynomial", choices=MODES)
+    max_degree: int = setting(4, "degree limit in polynomial mode (default 4)", least=1)
+    population: int = setting(16, "population size P (default 16)", least=1)
+    tournament: int = setting(4, "tournament size S (default 4)", least=1)
+    evaluator: str = setting("train", "train (default) or surrogate (a cheap stand-in for smoke tests)",
+                             choices=EVALUATORS)
+    surrogate_seconds: float = setting(0.0, "CPU work per surrogate evaluation (default 0)")
+    hurdle_share: float = setting(0.5, "stop a candidate when more than this share of its rung peers beat "
+                                       "it on every proxy (default 0.5)", most=1)
+    hurdle_window: int = setting(32, "rung peers: the most recent this many (default 32)", least=1)
+    max_retries: int = setting(2, "resubmissions when a worker dies (default 2)", least=0)
+    flush_every: int = setting(20, "records per part file at most (default 20)", least=1)
+    flush_seconds: float = setting(30.0, "write a part file at least this often (default 30)")
+    archs: tuple[str, ...] = setting(
+        ARCHS, "proxy architectures (default resnet mobilenetv2 efficientnet; plainnet, the held-out one, "
+               "may be chosen too)", check=_known_archs, metavar="ARCH")
+    seed_formulas: tuple[str, ...] = setting(
+        (), "a known layer for the first population (repeatable)", flags=("--seed-formula",),
+        action="append", nargs=None, metavar="F")
+    library_seeds: bool = setting(True, flags=(("--no-library-seeds", False, "start from random layers only "
+                                                "(default: the first population also holds the reference "
+                                                "layers that fit the mode)"),))
+    hurdles: bool = setting(True, flags=(
+        ("--hurdles", True, "train in rungs and stop candidates their peers clearly beat (default)"),
+        ("--no-hurdles", False, "train every screened candidate to the full budget")))
+    confirm: bool = setting(True, flags=(
+        ("--confirm", True, "train a candidate that would enter the Pareto front on a second seed and record "
+                            "the mean of the two (default)"),
+        ("--no-confirm", False, "enter the front on one seed's scores")))
+    rungs: tuple[float, ...] = setting((0.34, 1.0), "where the hurdles stand, as fractions of the steps "
+                                                    "(default 0.34 1.0)", metavar="FRACTION")
+    cost: bool = setting(False, flags=(("--cost", True, "add parameters per channel (minimised) to the "
+                                                        "objectives"),))
+    eval: dict = setting(dict)           # the TOML file's [eval] table: extra EvalConfig fields
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -83,10 +143,8 @@ class SearchConfig:
         return os.path.join("results", f"{time.strftime('%Y%m%d-%H%M%S')}-{self.mode}-s{self.seed}")
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["archs"], d["seed_formulas"] = list(self.archs), list(self.seed_formulas)
-        d["rungs"] = list(self.rungs)
-        return d
+        """The settings as JSON values (run.json's "config"): tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchConfig":
@@ -109,66 +167,120 @@ class SearchConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
-_INT = {"workers", "budget", "steps", "batch_size", "seed", "max_degree", "population",
-        "tournament", "max_retries", "flush_every", "hurdle_window"}
-_FLOAT = {"gpus_per_worker", "lr", "surrogate_seconds", "flush_seconds", "hurdle_share"}
-_STR = {"out", "address", "dataset", "data_root", "mode", "executor", "evaluator"}
-_CHOICES = {"dataset": DATASETS, "mode": MODES, "executor": EXECUTORS, "evaluator": EVALUATORS}
-_MIN = {"workers": 1, "budget": 1, "steps": 1, "batch_size": 1, "max_degree": 1, "population": 1,
-        "tournament": 1, "max_retries": 0, "flush_every": 1, "seed": 0, "hurdle_window": 1}
+
+
+def _kind(hint):
+    """int, float, str, bool, dict or (tuple, item type): what a field's annotation allows
+    besides None."""
+    if typing.get_origin(hint) is tuple:
+        return (tuple, typing.get_args(hint)[0])
+    if isinstance(hint, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+_KINDS = {name: _kind(hint) for name, hint in typing.get_type_hints(SearchConfig).items()}
+RESUMABLE = tuple(name for name, f in _FIELDS.items() if f.metadata["resume"])  # what resume may change
+
+
+def _integer(key, value, meta):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if value < meta["least"]:
+        raise ConfigError(f"{key} must be at least {meta['least']}, got {value}")
+    return value
+
+
+def _number(key, value, meta):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    value = float(value)
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{key} must be a non-negative number, got {value}")
+    if meta["positive"] and value == 0:
+        raise ConfigError(f"{key} must be positive")
+    if meta["most"] is not None and value > meta["most"]:
+        raise ConfigError(f"{key} must lie in [0, {meta['most']}], got {value}")
+    return value
+
+
+def _string(key, value, meta):
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(meta['choices'])})")
+    return value
+
+
+def _boolean(key, value, meta):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _strings(key, value, meta):
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _fractions(key, value, meta):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in value):
+        raise ConfigError(f"{key} must be a list of fractions in (0, 1], got {value!r}")
+    return tuple(sorted(float(v) for v in value))
+
+
+def _table(key, value, meta):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a table, got {value!r}")
+    return dict(value)
+
+
+_CHECKS = {int: _integer, float: _number, str: _string, bool: _boolean, (tuple, str): _strings,
+           (tuple, float): _fractions, dict: _table}
 
 
 def _check(key: str, value):
+    """The value for setting `key`, checked against its field; ConfigError naming the key."""
     if value is None:
         if _FIELDS[key].default is None:
             return None
         raise ConfigError(f"{key} may not be empty")
-    if key in _INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if value < _MIN.get(key, 0):
-            raise ConfigError(f"{key} must be at least {_MIN.get(key, 0)}, got {value}")
-    elif key in _FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        value = float(value)
-        if not value >= 0 or value == float("inf"):
-            raise ConfigError(f"{key} must be a non-negative number, got {value}")
-        if key == "lr" and value == 0:
-            raise ConfigError("lr must be positive")
-        if key == "hurdle_share" and value > 1:
-            raise ConfigError(f"hurdle_share must lie in [0, 1], got {value}")
-    elif key in _STR:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(_CHOICES[key])})")
-    elif key == "rungs":
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in value):
-            raise ConfigError(f"rungs must be a list of fractions in (0, 1], got {value!r}")
-        value = tuple(sorted(float(v) for v in value))
-    elif key in ("cost", "library_seeds", "hurdles", "confirm"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-    elif key in ("archs", "seed_formulas"):
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) \
-                or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-        value = tuple(value)
-        if key == "archs":
-            if not value:
-                raise ConfigError("archs may not be empty")
-            for a in value:
-                if a not in PROXY_NAMES:
-                    raise ConfigError(f"unknown arch {a!r} (choose from {', '.join(PROXY_NAMES)})")
-            if len(set(value)) != len(value):
-                raise ConfigError("archs lists an arch twice")
-    elif key == "eval":
-        if not isinstance(value, dict):
-            raise ConfigError(f"eval must be a table, got {value!r}")
-        value = dict(value)
+    meta = _FIELDS[key].metadata
+    value = _CHECKS[_KINDS[key]](key, value, meta)
+    if meta["check"] is not None:
+        meta["check"](value)
     return value
+
+
+def add_flags(parser, *, resume: bool = False) -> list[str]:
+    """A flag for each setting that has help text (`resume`: each a resumed run may
+    change), all defaulting to None so that only what is given overrides. Returns the
+    settings' names, which are the flags' dests."""
+    names = []
+    for name, f in _FIELDS.items():
+        meta, kind = f.metadata, _KINDS[name]
+        if resume:
+            if meta["resume"]:
+                parser.add_argument(_flag(name), dest=name, type=kind, default=None, help=meta["resume"])
+                names.append(name)
+        elif kind is bool and meta["flags"]:
+            for flag, value, text in meta["flags"]:
+                parser.add_argument(flag, dest=name, action="store_true" if value else "store_false",
+                                    default=None, help=text)
+            names.append(name)
+        elif meta["help"]:
+            options = {"type": kind[1], "nargs": "+"} if isinstance(kind, tuple) else {"type": kind}
+            options = {k: v for k, v in {**options, **meta["argparse"]}.items() if v is not None}
+            parser.add_argument(*(meta["flags"] or (_flag(name),)), dest=name, default=None,
+                                help=meta["help"], **options)
+            names.append(name)
+    return names
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def load_toml(path: str) -> dict:

@@ -92,6 +92,7 @@ class Driver:
         self.confirming: set[int] = set()     # pending ids training on their second seed
         self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
         self.started = time.monotonic()
+        self.stopping = False                 # set by stop(): end run() at its next turn
         self._last_report = 0.0
         self._last_state, self._last_line = "", 0.0
 
@@ -137,7 +138,7 @@ class Driver:
         budget = self.config.budget
         written_before = self.done
         proposed = self.done + len(self.pending)
-        while self.done < budget:
+        while self.done < budget and not self.stopping:
             checked = 0
             while (proposed < budget and self.executor.in_flight < self.executor.capacity
                    and checked < 64):
@@ -155,6 +156,12 @@ class Driver:
             self.report()
         self.report(force=True)
         return self.done - written_before
+
+    def stop(self) -> None:
+        """End `run` at its next turn (safe from another thread or a signal handler): what
+        was recorded stays, candidates in training are dropped, and a resumed run proposes
+        them again from the same ids."""
+        self.stopping = True
 
     def _propose(self) -> None:
         cid = self.next_id

@@ -12,7 +12,7 @@ import pytest
 from evaluators.evaluate import EvalConfig
 from evaluators.record import STATUSES
 from evaluators.screen import Screen
-from search.commands.search_cmd import run_info
+from search.session import run_info
 from search.config import build_config
 from search.evolution import Driver
 from search.executor import LocalExecutor, evaluator_spec

@@ -1,0 +1,256 @@
+"""A search run as a Python object: start one, resume one, stop one.
+
+    from search.config import build_config
+    from search.session import Session
+
+    config = build_config(overrides={"evaluator": "surrogate", "executor": "local", "budget": 40})
+    session = Session.start(config)              # checks everything, writes nothing yet
+    session.run()                                # to the budget; returns the records written
+    Session.resume(session.dir, budget=80).run() # later, or after a crash: carries on
+
+`run` builds what a run needs (the screen, the executor: in-process or Ray workers,
+the store: the run directory's single writer, the driver), drives the search to the
+budget and releases them again, also on Ctrl-C or an error. `stop()` ends a run early
+from another thread; Ctrl-C or `kill` (SIGTERM) end it from outside. What was
+recorded is flushed either way, and `Session.resume` continues the run. `evonorm
+search` and `evonorm resume` are these calls behind flags. Bad input is a
+`search.errors.EvonormError`, raised before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+
+from .config import RESUMABLE, SearchConfig, build_config
+from .errors import ClusterError, ConfigError, RunDirError
+from .modes import Mode
+from .rundir import CANDIDATES, RUN_JSON
+
+
+class Session:
+    """One run: its settings, mode and directory; while `run` runs, its store,
+    executor and driver. Make one with `Session.start` or `Session.resume`."""
+
+    def __init__(self, config: SearchConfig, mode: Mode, *, create: bool):
+        self.config, self.mode, self.create = config, mode, create
+        self.dir = config.out
+        self.driver = None
+        self._store = self._executor = None
+        self._stopped = False
+
+    @classmethod
+    def start(cls, config: SearchConfig) -> "Session":
+        """A new run of `config` into `config.out` (default results/<timestamp>-<mode>-s<seed>),
+        which must be new or empty. Every setting is checked now; nothing is written yet."""
+        out = config.out or config.default_out()
+        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+            raise RunDirError(f"--out {out} exists and is not empty (use evonorm resume {out} to continue it)")
+        config = dataclasses.replace(config, out=out)
+        return cls(config, check_config(config), create=True)
+
+    @classmethod
+    def resume(cls, run_dir, **changes) -> "Session":
+        """The run recorded in `run_dir`, to be continued. `changes` may say where it runs
+        now and raise its budget (the settings in config.RESUMABLE; None keeps one)."""
+        unknown = sorted(set(changes) - set(RESUMABLE))
+        if unknown:
+            raise ConfigError(f"a resumed run cannot change {', '.join(unknown)}")
+        run_dir = os.fspath(run_dir)
+        recorded, info_path = _recorded_config(run_dir)
+        budget = changes.get("budget")
+        if budget is not None and budget < recorded.get("budget", 0):
+            raise ConfigError(f"--budget {budget} is below the run's budget {recorded.get('budget')}")
+        try:
+            config = build_config(recorded, changes)
+        except ConfigError as err:
+            raise ConfigError(f"{info_path}: {err}") from None
+        config.out = run_dir
+        return cls(config, check_config(config), create=False)
+
+    def run(self, *, quiet: bool = False, stream=None) -> int:
+        """Drive the run to its budget; returns the records written by this call (0: the run
+        was complete already). Notes and, unless `quiet`, progress lines go to `stream`
+        (default stderr). Ctrl-C or SIGTERM raise KeyboardInterrupt once what was recorded
+        is flushed; `stop()` returns early the same way."""
+        stream = sys.stderr if stream is None else stream
+        try:
+            records, checkpoints = self._open()
+            budget = self.config.budget
+            if not self.create and len(records) >= budget:
+                print(f"{self.dir}: complete ({len(records)} records, budget {budget})", file=stream)
+                self._close_store()
+                return 0
+            self.driver = self._build(records, checkpoints, None if quiet else stream)
+            print(f"{'resuming' if records else 'search'}: {self.dir} ({len(records)} of {budget} "
+                  f"records, {self._executor.capacity} worker(s), {self.config.executor} executor)",
+                  file=stream)
+            written = self.driver.run()
+            self._close_store()
+            return written
+        finally:
+            self._release()
+
+    def stop(self) -> None:
+        """End a running `run` early (call it from another thread): the driver stops at its
+        next turn, what was recorded is flushed, candidates still training are dropped and
+        a resumed run proposes them again."""
+        self._stopped = True
+        if self.driver is not None:
+            self.driver.stop()
+
+    # -- the parts of a run --------------------------------------------------------------------------
+    def _open(self) -> tuple[list, list]:
+        """Before any worker starts and before a store opens (closing one writes the front),
+        check that the directory takes files; read a resumed run's records and checkpoints."""
+        from .files import check_writable_dir
+        from .store import RunStore
+
+        if self.create:
+            check_writable_dir(self.dir)
+            return [], []
+        for directory in (self.dir, os.path.join(self.dir, CANDIDATES)):
+            check_writable_dir(directory)
+        self._store = RunStore.open(self.dir, **self._store_options())
+        return self._store.records(), self._store.checkpoints()
+
+    def _build(self, records: list, checkpoints: list, progress):
+        """Screen, executor, store and driver, the driver restored from what was recorded."""
+        from .evolution import Driver
+        from .executor import evaluator_spec, make_screen
+        from .store import RunStore
+
+        screen = make_screen(evaluator_spec(self.config))
+        self._executor = make_executor(self.config)
+        _stop_on_sigterm()  # after the executor: ray.init installs a SIGTERM handler of its own
+        if self.create:
+            self._store = RunStore.create(self.dir, run_info(self.config), **self._store_options())
+        driver = Driver(self.config, self.mode, self._store, screen, self._executor,
+                        start_id=self._store.next_id, done=len(records), progress=progress)
+        if records or checkpoints:
+            driver.restore(records, checkpoints)
+        if self._stopped:
+            driver.stop()
+        return driver
+
+    def _close_store(self) -> None:
+        """Flush the last records and write the front; a failure is the caller's error."""
+        store, self._store = self._store, None
+        store.close()
+
+    def _release(self) -> None:
+        """Flush and close the store (reporting, not raising, a failure: an error or Ctrl-C
+        is on its way already) and shut the executor's workers down."""
+        store, executor, self._store, self._executor = self._store, self._executor, None, None
+        try:
+            if store is not None:
+                try:
+                    store.close()
+                except Exception as err:  # noqa: BLE001 - report, keep the original error
+                    print(f"evonorm: flushing {self.dir} failed: {err}", file=sys.stderr)
+        finally:
+            if executor is not None:
+                executor.close()
+
+    def _store_options(self) -> dict:
+        return {"flush_every": self.config.flush_every, "flush_seconds": self.config.flush_seconds}
+
+
+def check_config(config: SearchConfig) -> Mode:
+    """Everything that can be told bad before a file is written: the mode, the seed
+    formulas, the evaluation settings. Returns the Mode; raises ConfigError."""
+    from primitives import FormulaError, parse
+
+    from .modes import get_mode
+    try:
+        mode = get_mode(config.mode, config.max_degree)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for formula in config.seed_formulas:
+        try:
+            graph = parse(formula)
+        except FormulaError as err:
+            raise ConfigError(f"bad seed formula {formula!r}: {err}") from None
+        problem = mode.why_not(graph)
+        if problem:
+            raise ConfigError(f"seed formula {formula!r} {problem}")
+    if config.evaluator == "train":
+        from evaluators.evaluate import EvalConfig
+        try:
+            EvalConfig.from_dict(config.eval_config_dict())
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"bad evaluation setting: {err}") from None
+    return mode
+
+
+def _recorded_config(run_dir: str) -> tuple[dict, str]:
+    """run.json's settings and its path. Runs from before hurdles trained every candidate
+    in full, and runs from before confirmation entered the front on one seed."""
+    info_path = os.path.join(run_dir, RUN_JSON)
+    if not os.path.isdir(run_dir):
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    try:
+        with open(info_path) as fh:
+            recorded = json.load(fh)["config"]
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not a run directory (no run.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunDirError(f"{info_path} is unreadable: {err}") from None
+    return {"hurdles": False, "confirm": False, **recorded}, info_path
+
+
+def run_info(config: SearchConfig) -> dict:
+    """run.json: the settings, the seed, the package versions, the start time, the
+    objectives and archs, the evaluators' settings and the command line."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib import metadata
+    versions = {"python": platform.python_version()}
+    for dist in ("evonorm", "torch", "ray", "numpy", "pyarrow", "pandas"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    eval_config = None
+    if config.evaluator == "train":
+        from evaluators.evaluate import EvalConfig
+        eval_config = EvalConfig.from_dict(config.eval_config_dict()).to_dict()
+    return {"config": config.to_dict(), "seed": config.seed, "versions": versions,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "objectives": [{"column": c, "goal": g} for c, g in zip(config.objectives, config.goals)],
+            "archs": list(config.archs), "eval_config": eval_config, "command": sys.argv[1:]}
+
+
+def make_executor(config: SearchConfig):
+    """The executor the settings ask for; a cluster that cannot be used is a ClusterError."""
+    from .executor import LocalExecutor, evaluator_spec
+    spec = evaluator_spec(config)
+    if config.executor == "local":
+        return LocalExecutor(spec)
+    from .ray_executor import RayExecutor
+    try:
+        return RayExecutor(spec, workers=config.workers, gpus_per_worker=config.gpus_per_worker,
+                           address=config.address, max_retries=config.max_retries)
+    except ConnectionError as err:
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)")
+        raise ClusterError(f"cannot connect to Ray at {config.address}: {err}{hint}") from None
+    except ValueError as err:
+        raise ClusterError(str(err)) from None
+
+
+def _stop_on_sigterm() -> None:
+    """`kill PID` (SIGTERM) stops a run like Ctrl-C: records flushed, KeyboardInterrupt. This
+    also covers runs started in the background, where SIGINT is ignored. Signal handlers
+    belong to the main thread; a session run in another thread leaves them alone."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)

@@ -12,25 +12,7 @@ import json
 from primitives import FormulaError, Graph, GraphError, parse
 
 from .protocols import Duplicate, Equivalence, Stability, Validity, fingerprint
-
-
-def describe(graph: Graph) -> dict:
-    """The record fields that come from the graph alone."""
-    return {
-        "formula": str(graph),
-        "graph": graph.to_json(),
-        "graph_hash": graph.hash,
-        "params_per_channel": graph.params_per_channel,
-        "uses_batch_stats": graph.uses_batch_stats,
-        "poly_degree": graph.poly_degree,
-        "inference_degree": graph.inference_degree,
-    }
-
-
-def _empty_description(formula) -> dict:
-    return {"formula": formula if isinstance(formula, str) else None, "graph": None, "graph_hash": None,
-            "params_per_channel": None, "uses_batch_stats": None, "poly_degree": None,
-            "inference_degree": None}
+from .record import describe, undescribed
 
 
 def to_graph(graph_or_formula) -> Graph:
@@ -82,10 +64,10 @@ class Screen:
         try:
             graph = to_graph(graph_or_formula)
         except (FormulaError, GraphError) as err:
-            return {**_empty_description(graph_or_formula), "status": "invalid",
+            return {**undescribed(graph_or_formula), "status": "invalid",
                     "reason": f"does not parse: {err}", "equivalent_to": None, "stage_seconds": stage_seconds}
         except Exception as err:  # e.g. a non-string: still data
-            return {**_empty_description(None), "status": "invalid", "reason": f"not a layer: {err}",
+            return {**undescribed(None), "status": "invalid", "reason": f"not a layer: {err}",
                     "equivalent_to": None, "stage_seconds": stage_seconds}
         record = describe(graph)
         verdict = None

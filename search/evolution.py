@@ -42,7 +42,7 @@ from .mutation import mutate
 from .pareto import pareto_mask
 from .selection import Member, Population, tournament
 
-from evaluators.record import STATUSES
+from evaluators.record import GRAPH_FIELDS, STATUSES, VERDICT
 
 
 def candidate_rng(seed: int, candidate_id: int) -> random.Random:
@@ -184,11 +184,7 @@ class Driver:
         check = self.screen.check(graph, cid)
         screen_seconds = time.perf_counter() - start
         record = {"id": cid, "parent_id": parent_id, "mutation": mutation,
-                  **{k: check.get(k) for k in ("formula", "graph", "graph_hash", "params_per_channel",
-                                               "uses_batch_stats", "poly_degree",
-                                               "inference_degree")},
-                  "status": check.get("status"), "reason": check.get("reason"),
-                  "equivalent_to": check.get("equivalent_to"),
+                  **{k: check.get(k) for k in GRAPH_FIELDS + VERDICT},
                   **{k: None for k in self.acc_keys}, "steps_trained": None,
                   "seconds": screen_seconds, "worker": "driver",
                   "stage_seconds": dict(check.get("stage_seconds") or {})}

@@ -18,44 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.record import STATUSES  # noqa: F401  (one list of statuses)
+from evaluators.record import acc_columns
+from evaluators.record import schema as candidate_schema  # the record's schema, named for this module
 
 from .errors import RunDirError
 PART_RE = re.compile(r"^part-(\d+)\.parquet$")
 CANDIDATES = "candidates"
 RUN_JSON = "run.json"
 FRONT = "front.parquet"
-
-
-def candidate_schema(archs):
-    """The fixed pyarrow schema of the candidate records of a run with these proxy archs."""
-    import pyarrow as pa
-
-    fields = [
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("parent_id", pa.int64()),
-        pa.field("formula", pa.string()),
-        pa.field("graph", pa.string()),
-        pa.field("graph_hash", pa.string()),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),
-        pa.field("equivalent_to", pa.int64()),
-    ]
-    fields += [pa.field(f"acc_{a}", pa.float64()) for a in archs]
-    fields += [
-        pa.field("params_per_channel", pa.int64()),
-        pa.field("uses_batch_stats", pa.bool_()),
-        pa.field("poly_degree", pa.int64()),
-        pa.field("inference_degree", pa.int64()),
-        pa.field("seconds", pa.float64()),
-        pa.field("worker", pa.string()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC")),
-        pa.field("mutation", pa.string()),
-        pa.field("stage_seconds", pa.string()),
-        pa.field("steps_trained", pa.int64()),
-        pa.field("rung_scores", pa.string()),
-        pa.field("seed_scores", pa.string()),
-    ]
-    return pa.schema(fields)
 
 
 def part_files(cand_dir: Path) -> list[tuple[int, Path]]:
@@ -209,7 +179,7 @@ class Run:
 
     @property
     def acc_columns(self) -> list[str]:
-        return [f"acc_{a}" for a in self.archs]
+        return acc_columns(self.archs)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:

@@ -26,6 +26,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from evaluators import record as _record
+
 from .files import write_atomic as _write_atomic  # one atomic writer for every output
 from .pareto import pareto_mask
 from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_of,
@@ -34,9 +36,6 @@ from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_o
 
 __all__ = ["RunStore", "RunDirError", "STATUSES", "candidate_schema"]
 
-_INT = ("id", "parent_id", "equivalent_to", "params_per_channel", "poly_degree", "inference_degree",
-        "steps_trained")
-_STR = ("formula", "graph", "graph_hash", "status", "reason", "worker", "mutation")
 PENDING = "pending"   # checkpoints of candidates between the rungs of a progressive hurdle
 
 
@@ -48,11 +47,13 @@ class RunStore:
         self.dir = Path(run_dir)
         self.info = info
         self.archs = archs_of(info)
-        self.acc_columns = [f"acc_{a}" for a in self.archs]
+        self.acc_columns = _record.acc_columns(self.archs)
         self.objectives = objectives_of(info)
         self.goals = [g for _, g in self.objectives]
         self.schema = candidate_schema(self.archs)
         self.columns = list(self.schema.names)
+        self._typed = {t: _record.names(self.archs, t) for t in ("int64", "float64", "string", "bool", "json",
+                                                                  "timestamp")}
         self._known = set(self.columns)
         self.flush_every = max(1, int(flush_every))
         self.flush_seconds = float(flush_seconds)
@@ -252,7 +253,7 @@ class RunStore:
         row = {c: record.get(c) for c in self.columns}
         if row["id"] is None:
             row["id"] = self.next_id
-        for c in _INT:
+        for c in self._typed["int64"]:
             v = row[c]
             if v is not None:
                 if isinstance(v, float) and math.isnan(v):
@@ -261,35 +262,25 @@ class RunStore:
                     raise ValueError(f"record {row['id']}: {c} must be an integer, got {v!r}")
                 else:
                     row[c] = int(v)
-        for c in _STR:
+        for c in self._typed["string"]:
             if row[c] is not None:
                 row[c] = str(row[c])
         if row["status"] not in STATUSES:
             raise ValueError(f"record {row['id']}: status must be one of {', '.join(STATUSES)}, "
                              f"got {row['status']!r}")
-        for c in self.acc_columns + ["seconds"]:
+        for c in self._typed["float64"]:
             v = row[c]
             if v is not None:
                 v = float(v)
                 row[c] = None if math.isnan(v) else v
-        if row["uses_batch_stats"] is not None:
-            row["uses_batch_stats"] = bool(row["uses_batch_stats"])
-        st = row["stage_seconds"]
-        if st is not None and not isinstance(st, str):
-            row["stage_seconds"] = json.dumps(st, sort_keys=True, default=float)
-        ts = row["created_at"]
-        if ts is None:
-            ts = datetime.now(timezone.utc)
-        elif isinstance(ts, str):
-            try:
-                ts = datetime.fromisoformat(ts)
-            except ValueError:
-                raise ValueError(f"record {row['id']}: created_at is not an ISO time: {ts!r}") from None
-        elif not isinstance(ts, datetime):  # datetime subclasses (pandas.Timestamp) pass above
-            raise ValueError(f"record {row['id']}: created_at must be a datetime, got {type(ts).__name__}")
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        row["created_at"] = ts
+        for c in self._typed["bool"]:
+            if row[c] is not None:
+                row[c] = bool(row[c])
+        for c in self._typed["json"]:
+            if row[c] is not None and not isinstance(row[c], str):
+                row[c] = json.dumps(row[c], sort_keys=True, default=float)
+        for c in self._typed["timestamp"]:
+            row[c] = _timestamp(c, row[c], row["id"])
         return row
 
     def _point(self, row: dict):
@@ -338,6 +329,20 @@ class RunStore:
 
         table = pa.Table.from_pylist(self.front(), schema=self.schema)
         _write_atomic(self.dir / FRONT, lambda f: pq.write_table(table, f))
+
+
+def _timestamp(column: str, ts, cid) -> datetime:
+    """A record's time (created_at): now when missing, an ISO text parsed, UTC when naive."""
+    if ts is None:
+        ts = datetime.now(timezone.utc)
+    elif isinstance(ts, str):
+        try:
+            ts = datetime.fromisoformat(ts)
+        except ValueError:
+            raise ValueError(f"record {cid}: {column} is not an ISO time: {ts!r}") from None
+    elif not isinstance(ts, datetime):  # datetime subclasses (pandas.Timestamp) pass above
+        raise ValueError(f"record {cid}: {column} must be a datetime, got {type(ts).__name__}")
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
 
 class MemoryStore:

@@ -24,15 +24,10 @@ import time
 from primitives import Graph, GraphError
 from primitives.library import REFERENCE_LAYERS
 
+from evaluators.record import describe
+
 TARGETS = {"resnet": "bn-relu", "mobilenetv2": "evonorm-s0", "efficientnet": "ln-gelu"}
 _FALLBACK = ("bn-relu", "evonorm-s0", "ln-gelu", "evonorm-b0", "gn-relu")
-
-
-def describe(graph: Graph) -> dict:
-    return {"formula": str(graph), "graph": graph.to_json(), "graph_hash": graph.hash,
-            "params_per_channel": graph.params_per_channel,
-            "uses_batch_stats": graph.uses_batch_stats, "poly_degree": graph.poly_degree,
-            "inference_degree": graph.inference_degree}
 
 
 class _Probe:

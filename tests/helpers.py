@@ -36,3 +36,39 @@ class QueuedExecutor(Executor):
             self.log.append((cid, settings.get("steps"), settings.get("seed")))
         self.local.submit(cid, task)
         return self.local.wait()
+
+
+# -- the default-budget trainings the slow tests share ---------------------------------------
+
+_TRAINED: dict = {}
+
+
+def reference_factories() -> dict:
+    """torch's own BN-ReLU and every layer of the reference library (none left out)."""
+    from torch import nn
+
+    from primitives import compile_layer, parse
+    from primitives.library import REFERENCE_LAYERS
+
+    factories = {"bn-relu(torch)": lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())}
+    for name, formula in REFERENCE_LAYERS.items():
+        graph = parse(formula)
+        factories[name] = (lambda g: (lambda c: compile_layer(g, c)))(graph)
+    return factories
+
+
+def default_training(arch: str, layer: str, amp: str = "off"):
+    """The default-budget training of one reference layer on one proxy on real Fashion-MNIST,
+    on one thread, once per test process: the 80% test, the two-points test and the bf16 test
+    share them. CI runs the slow tests in two processes grouped by proxy (xdist_group), so
+    each training happens once and the two cores stay busy."""
+    from evaluators.datasets import SYSTEM_FASHION_MNIST, load_dataset
+    from evaluators.trainer import TrainConfig, build_and_train
+
+    assert (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), \
+        "apt-get install dataset-fashion-mnist (.ci/setup does)"
+    if (arch, layer, amp) not in _TRAINED:
+        ds = load_dataset("fashion-mnist", download=False)
+        _TRAINED[arch, layer, amp] = build_and_train(arch, reference_factories()[layer], ds,
+                                                     TrainConfig(amp=amp, threads=1), "cpu")
+    return _TRAINED[arch, layer, amp]

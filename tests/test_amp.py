@@ -10,7 +10,8 @@ from torch import nn
 from evaluators import trainer
 from evaluators.datasets import load_dataset
 from evaluators.proxies import build_proxy
-from evaluators.trainer import TrainConfig, build_and_train, train_and_score
+from evaluators.trainer import TrainConfig, train_and_score
+from helpers import default_training
 from primitives import compile_layer, export_layer, parse
 from primitives.codegen import layer_class
 from primitives.library import REFERENCE_LAYERS
@@ -243,17 +244,12 @@ _DIVERGES_IN_FLOAT32 = {"bn-square"}
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("resnet")   # beside the 80% test's float32 trainings (helpers.py)
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 10: does not train in float32 either"))
     if n in _DIVERGES_IN_FLOAT32 else n for n in sorted(REFERENCE_LAYERS)])
 def test_bf16_training_is_within_1_5_points_of_float32(name):
-    from evaluators.datasets import SYSTEM_FASHION_MNIST
-    assert (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), "apt-get install dataset-fashion-mnist"
-    ds = load_dataset("fashion-mnist", download=False)
-    graph = parse(REFERENCE_LAYERS[name])
-    results = {amp: build_and_train("resnet", lambda c: compile_layer(graph, c), ds,
-                                    TrainConfig(amp=amp, compile=False), "cpu")
-               for amp in ("off", "bf16")}
+    results = {amp: default_training("resnet", name, amp) for amp in ("off", "bf16")}
     for amp, result in results.items():
         assert result.ok, (amp, result.reason)
     loss = results["off"].accuracy - results["bf16"].accuracy

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
 
 REPO = Path(__file__).resolve().parents[1]
 # Node death is noticed after health_check_failure_threshold missed checks; the defaults

@@ -141,6 +141,7 @@ def test_a_worker_that_cannot_build_its_evaluator_is_an_error_not_a_wait(local_r
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_retries_are_bounded_then_failed(local_ray):
     executor = RayExecutor({**SPEC, "surrogate_seconds": 30.0}, workers=1, max_retries=1)
     try:
@@ -171,6 +172,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_search_against_a_ray_head_on_loopback(tmp_path):
     """`ray start --head` on loopback, `evonorm search --address`, then stop that head.
     The head runs with --block in its own session, so stopping it means signalling its
@@ -212,6 +214,7 @@ def test_search_against_a_ray_head_on_loopback(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_cli_default_executor_is_local_ray(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "search.cli", "search", "--evaluator", "surrogate",

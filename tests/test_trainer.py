@@ -10,6 +10,7 @@ from torch import nn
 from evaluators.datasets import load_dataset
 from evaluators.proxies import SEARCH_PROXIES, ProxyError
 from evaluators.trainer import TrainConfig, TrainResult, build_and_train, should_compile, train_and_score
+from helpers import default_training, reference_factories
 
 FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False, threads=1)
 
@@ -168,17 +169,6 @@ def test_train_and_score_directly(synthetic):
 
 # -- slow: the default budget on real Fashion-MNIST ----------------------------------------------
 
-def _reference_factories():
-    """torch's own BN-ReLU and every layer of the reference library (none left out)."""
-    from primitives import compile_layer, parse
-    from primitives.library import REFERENCE_LAYERS
-    factories = {"bn-relu(torch)": bn_relu}
-    for name, formula in REFERENCE_LAYERS.items():
-        graph = parse(formula)
-        factories[name] = (lambda g: (lambda c: compile_layer(g, c)))(graph)
-    return factories
-
-
 # Measured shortfalls of the 80% goal (README, "Polynomial and rational units"), one seed and
 # one thread each: not strict, since a blow-up that depends on rounding may not happen with
 # another thread count (an XPASS is reported, not failed).
@@ -196,43 +186,32 @@ _SHORTFALLS = {
 
 
 def _cases(layers):
-    return [pytest.param(arch, layer, marks=pytest.mark.xfail(strict=False, reason=_SHORTFALLS[arch, layer]))
-            if (arch, layer) in _SHORTFALLS else (arch, layer)
-            for layer in layers for arch in SEARCH_PROXIES]
+    def marks(arch, layer):
+        group = pytest.mark.xdist_group(arch)   # one process trains each proxy's layers (helpers.py)
+        if (arch, layer) not in _SHORTFALLS:
+            return [group]
+        return [group, pytest.mark.xfail(strict=False, reason=_SHORTFALLS[arch, layer])]
+    return [pytest.param(arch, layer, marks=marks(arch, layer)) for layer in layers for arch in SEARCH_PROXIES]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,layer", _cases(_reference_factories()))
+@pytest.mark.parametrize("arch,layer", _cases(reference_factories()))
 def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
-    # every reference layer on every search proxy: 42 trainings of 15-40 s each, one thread
+    # every reference layer on every search proxy: 45 trainings of 15-40 s each, one thread
     # (measured accuracies: README, "Polynomial and rational units")
-    from evaluators.datasets import SYSTEM_FASHION_MNIST
-    assert (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), \
-        "apt-get install dataset-fashion-mnist (.ci/setup does)"
-    result = _default_training(arch, layer)
+    result = default_training(arch, layer)
     assert result.reason is None, result.reason
     assert result.steps_done == TrainConfig().steps
     assert result.accuracy >= 0.80, (arch, layer, result)
 
 
-_TRAINED: dict = {}
-
-
-def _default_training(arch, layer):
-    """The default-budget training of one reference layer on one proxy, once per session."""
-    if (arch, layer) not in _TRAINED:
-        ds = load_dataset("fashion-mnist", download=False)
-        _TRAINED[arch, layer] = build_and_train(arch, _reference_factories()[layer], ds, TrainConfig(), "cpu")
-    return _TRAINED[arch, layer]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,layer", [
-    pytest.param(a, l, marks=pytest.mark.xfail(strict=False, reason="more than 2 points below BN-ReLU (measured)"))
-    if (a, l) == ("efficientnet", "bn-rational") else p
-    for p in _cases(["bn-poly", "bn-rational"]) for a, l in [getattr(p, "values", p)]])
+    pytest.param(*p.values, marks=[*p.marks, pytest.mark.xfail(strict=False, reason="more than 2 points below BN-ReLU (measured)")])
+    if p.values == ("efficientnet", "bn-rational") else p
+    for p in _cases(["bn-poly", "bn-rational"])])
 def test_units_train_within_two_points_of_bn_relu(arch, layer):
-    unit, reference = _default_training(arch, layer), _default_training(arch, "bn-relu")
+    unit, reference = default_training(arch, layer), default_training(arch, "bn-relu")
     assert unit.ok and reference.ok, (unit.reason, reference.reason)
     assert unit.accuracy >= reference.accuracy - 0.02, (arch, layer, unit.accuracy, reference.accuracy)
 

@@ -5,6 +5,9 @@ underscores), plus an optional `[eval]` table passed to the evaluators'
 `EvalConfig` (e.g. `quality_threshold`, `compile`, `device`). Every value is
 type- and range-checked here, before anything is written; a bad one raises
 `ConfigError` naming the key.
+
+A new setting is one field of `SearchConfig`, `name: type = setting(default, help,
+...)`: its flag (`--name`), its checks, its TOML key and its place in run.json follow.
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ EXECUTORS = ("local", "ray")
 EVALUATORS = ("train", "surrogate")
 
 
-
 def setting(default, help: str | None = None, *, resume: str | None = None, flags=None, least: int = 0,
             most: float | None = None, positive: bool = False, choices: tuple[str, ...] | None = None,
             check=None, **argparse):
@@ -38,7 +40,8 @@ def setting(default, help: str | None = None, *, resume: str | None = None, flag
     `choices` (strings), `check` (a function of the value raising ConfigError).
     `help`: the `evonorm search` flag's text (none, no flag); `resume`: the `evonorm
     resume` flag's text, for a setting a resumed run may change; `flags`: flag names
-    other than --the-field-name (booleans: (flag, value it sets, help) each);
+    other than --the-field-name (booleans: (flag, value it sets, help) each; a boolean
+    with only `help` is a --name that sets True);
     `argparse`: more `add_argument` keywords (None removes a derived one)."""
     meta = {"help": help, "resume": resume, "flags": flags, "least": least, "most": most,
             "positive": positive, "choices": choices, "check": check, "argparse": argparse}
@@ -149,6 +152,16 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SearchConfig":
         return build_config(overrides=d)
+
+    def full_steps(self) -> int:
+        """Training steps per proxy of a full evaluation, settled in one place: --steps, else
+        the [eval] table's, else at another --batch-size the equal-cost count, else the
+        evaluators' default (EvalConfig.steps, which is the trainer's TrainConfig.steps)."""
+        steps = self.eval_config_dict().get("steps")
+        if steps is None:
+            from evaluators.evaluate import EvalConfig
+            steps = EvalConfig().steps
+        return int(steps)
 
     def eval_config_dict(self) -> dict:
         """Fields for evaluators.evaluate.EvalConfig.from_dict."""
@@ -265,8 +278,8 @@ def add_flags(parser, *, resume: bool = False) -> list[str]:
             if meta["resume"]:
                 parser.add_argument(_flag(name), dest=name, type=kind, default=None, help=meta["resume"])
                 names.append(name)
-        elif kind is bool and meta["flags"]:
-            for flag, value, text in meta["flags"]:
+        elif kind is bool and (meta["flags"] or meta["help"]):
+            for flag, value, text in meta["flags"] or ((_flag(name), True, meta["help"]),):
                 parser.add_argument(flag, dest=name, action="store_true" if value else "store_false",
                                     default=None, help=text)
             names.append(name)

@@ -86,7 +86,7 @@ class Driver:
         self.held: dict[int, list] = defaultdict(list)  # original id -> records waiting for its scores
         self.held_on: dict[int, int] = {}     # held id -> the training id it waits for
         self.graphs: dict[int, Graph] = {}    # pending id -> graph (joins the population when ok)
-        self.rung_steps = config.rung_steps(total_steps(config))
+        self.rung_steps = config.rung_steps(config.full_steps())
         self.hurdles = Hurdles(len(self.rung_steps), config.hurdle_share, config.hurdle_window)
         self.rung: dict[int, int] = {}        # pending id -> the rung it is training towards
         self.confirming: set[int] = set()     # pending ids training on their second seed
@@ -362,15 +362,6 @@ def _absorb_confirmation(record: dict, result: dict, acc_keys, seed: int) -> Non
         return
     for k in acc_keys:
         record[k] = sum(s[k] for s in record["seed_scores"]) / len(record["seed_scores"])
-
-
-def total_steps(config) -> int:
-    """Training steps per proxy of a full evaluation (the evaluators' default unless set)."""
-    steps = config.eval_config_dict().get("steps")
-    if steps is None:
-        from evaluators.evaluate import EvalConfig
-        steps = EvalConfig().steps
-    return int(steps)
 
 
 def _num(v):

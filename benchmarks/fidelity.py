@@ -17,6 +17,7 @@ the rungs (`--hurdle-share 1` stops no one), so its full trainings also give par
 
     python benchmarks/fidelity.py rank --run results/example --limit 40
     python benchmarks/fidelity.py search --minutes 30
+    python benchmarks/fidelity.py resume --minutes 60   # both arms, more time (a later sitting)
 """
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def summarise(table, run, rungs, total) -> None:
 
 
 def search(args) -> None:
+    """Both arms side by side for `--minutes`, then SIGTERM (each stops cleanly and can be
+    resumed: `resume` adds time to both, so the comparison can grow across sittings)."""
     out = Path(args.out)
     # the off arm is measured at the rungs but stops no one (share 1: never "more than all"
     # peers dominate), so its full trainings also give part 1's rank table for free; the
@@ -108,9 +111,13 @@ def search(args) -> None:
     procs = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, flags in arms.items():
-        cmd = [sys.executable, "-m", "search.cli", "search", "--executor", "local", "--budget", "100000",
-               "--seed", str(args.seed), "--out", str(out / name), "--quiet", *flags]
-        procs[name] = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        if args.part == "resume":
+            cmd = ["resume", str(out / name), "--executor", "local", "--quiet"]
+        else:
+            cmd = ["search", "--executor", "local", "--budget", "100000",
+                   "--seed", str(args.seed), "--out", str(out / name), "--quiet", *flags]
+        procs[name] = subprocess.Popen([sys.executable, "-m", "search.cli", *cmd], env=env,
+                                       stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     time.sleep(args.minutes * 60)
     for p in procs.values():
         p.send_signal(signal.SIGTERM)
@@ -178,6 +185,9 @@ def main() -> None:
     s.add_argument("--minutes", type=float, default=30)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="results/fidelity")
+    m = sub.add_parser("resume", help="part 2 again on the same run directories, for more minutes")
+    m.add_argument("--minutes", type=float, default=30)
+    m.add_argument("--out", default="results/fidelity")
     p = sub.add_parser("report", help="part 2's table again, from its run directories")
     p.add_argument("--out", default="results/fidelity")
     t = sub.add_parser("summary", help="part 1's table again, from --save CSVs (of split work)")
@@ -189,7 +199,7 @@ def main() -> None:
         steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
         summarise(table, " + ".join(args.csv), steps[:-1], steps[-1])
         return
-    {"rank": rank, "search": search, "report": lambda a: report(Path(a.out), ["hurdles", "no-hurdles"])}[
+    {"rank": rank, "search": search, "resume": search, "report": lambda a: report(Path(a.out), ["hurdles", "no-hurdles"])}[
         args.part or "rank"](args)
 
 

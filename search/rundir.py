@@ -1,4 +1,4 @@
-"""The reading side of a run directory (DESIGN.md "The run directory").
+"""The reading side of a run directory (README, "The run directory").
 
     run = load_run("results/demo")
     run.info            # run.json as a dict
@@ -20,6 +20,7 @@ from pathlib import Path
 from evaluators.record import STATUSES  # noqa: F401  (one list of statuses)
 from evaluators.record import acc_columns
 from evaluators.record import schema as candidate_schema  # the record's schema, named for this module
+from primitives.util import one_line
 
 from .errors import RunDirError
 PART_RE = re.compile(r"^part-(\d+)\.parquet$")
@@ -228,5 +229,4 @@ def load_run(run_dir) -> Run:
 
 
 def _one_line(err) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return one_line(err, kind=False)

@@ -1,4 +1,4 @@
-"""`RunStore`: the single writer of a run directory (DESIGN.md "The run directory").
+"""`RunStore`: the single writer of a run directory (README, "The run directory").
 
     store = RunStore.create("results/demo", {"config": {...}, "seed": 0, "archs": ["resnet"],
                                              "objectives": [{"column": "acc_resnet", "goal": "max"}],

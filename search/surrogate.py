@@ -23,6 +23,7 @@ import time
 
 from primitives import Graph, GraphError
 from primitives.library import REFERENCE_LAYERS
+from primitives.util import one_line
 
 from evaluators.record import describe
 
@@ -81,7 +82,7 @@ class SurrogateEvaluator:
             graph = Graph.from_json(graph_json)
             accs = _at_seed(_at_rung(self.scores(graph), graph.hash, steps, total), graph.hash, seed)
         except (GraphError, RuntimeError, ValueError) as err:
-            return {"status": "failed", "reason": f"surrogate: {err}"[:200],
+            return {"status": "failed", "reason": f"surrogate: {one_line(err, 188, kind=False)}",
                     "seconds": time.perf_counter() - start, "stage_seconds": {}}
         _busy(self.seconds)
         bad = [k for k, v in accs.items() if not math.isfinite(v)]
@@ -148,7 +149,7 @@ class SurrogateScreen:
             y = self.probe.output(graph)
             finite = bool(self.probe.torch.isfinite(y).all())
         except Exception as err:  # noqa: BLE001 - any failure to run is invalidity
-            y, finite, out["reason"] = None, False, f"does not run: {err}"[:200]
+            y, finite, out["reason"] = None, False, f"does not run: {one_line(err, 185, kind=False)}"
         if y is not None and finite and float(y.std()) < 1e-9:
             y, out["reason"] = None, "constant output"
         if y is None or not finite:

@@ -12,6 +12,7 @@ import pytest
 
 from evaluators import datasets
 from primitives.util import is_missing, one_line, write_atomic
+from search import files
 
 
 def test_one_line_folds_names_and_cuts():
@@ -24,20 +25,22 @@ def test_one_line_folds_names_and_cuts():
     assert len(one_line(ValueError("x" * 1000), limit=None)) == len("ValueError: ") + 1000
 
 
-def test_write_atomic_leaves_the_old_file_when_the_writer_fails(tmp_path):
+@pytest.mark.parametrize("write", [write_atomic, files.write_atomic], ids=["util", "search.files"])
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, write):
     target = tmp_path / "out.bin"
-    write_atomic(target, b"old")
+    write(target, b"old")
 
     def broken(f):
         f.write(b"half")
         raise KeyError("stop")
 
-    with pytest.raises(KeyError):            # not turned into another error here
-        write_atomic(target, broken)
+    with pytest.raises(KeyError):            # not turned into another error
+        write(target, broken)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
-    write_atomic(target, "new text")
+    write(target, "new text")
     assert target.read_text() == "new text"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 
 
 @pytest.mark.parametrize("value, missing", [

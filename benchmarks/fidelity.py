@@ -126,6 +126,12 @@ def search(args) -> None:
     report(out, list(arms))
 
 
+def summarise_table(table, run) -> None:
+    """`summarise` with the rungs and the full budget read from the table's `arch@steps` columns."""
+    steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
+    summarise(table, run, steps[:-1], steps[-1])
+
+
 def run_table(run_dir: Path):
     """Part 1's table from a run's own `ok` records: rung scores (`rung_scores`) beside the
     full score of the same training (the first seed's, where a confirmation added a second)."""
@@ -168,8 +174,7 @@ def report(out: Path, names) -> None:
               f"{hours:>9.2f} {len(df) / max(hours, 1e-9):>9.1f} {hv:>12.6f}")
     table = run_table(out / names[-1])
     if len(table) >= 3:
-        steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
-        summarise(table, out / names[-1], steps[:-1], steps[-1])
+        summarise_table(table, out / names[-1])
 
 
 def main() -> None:
@@ -195,9 +200,7 @@ def main() -> None:
     args = parser.parse_args(sys.argv[1:] or ["rank"])
     if args.part == "summary":
         import pandas as pd
-        table = pd.concat([pd.read_csv(f) for f in args.csv]).sort_values("id")
-        steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
-        summarise(table, " + ".join(args.csv), steps[:-1], steps[-1])
+        summarise_table(pd.concat([pd.read_csv(f) for f in args.csv]).sort_values("id"), " + ".join(args.csv))
         return
     {"rank": rank, "search": search, "resume": search, "report": lambda a: report(Path(a.out), ["hurdles", "no-hurdles"])}[
         args.part or "rank"](args)

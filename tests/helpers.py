@@ -43,14 +43,19 @@ class QueuedExecutor(Executor):
 _TRAINED: dict = {}
 
 
-def reference_factories() -> dict:
-    """torch's own BN-ReLU and every layer of the reference library (none left out)."""
+def bn_relu(c):
+    """torch's own BN-ReLU, the layer every formula is measured against."""
     from torch import nn
 
+    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
+
+
+def reference_factories() -> dict:
+    """torch's own BN-ReLU and every layer of the reference library (none left out)."""
     from primitives import compile_layer, parse
     from primitives.library import REFERENCE_LAYERS
 
-    factories = {"bn-relu(torch)": lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())}
+    factories = {"bn-relu(torch)": bn_relu}
     for name, formula in REFERENCE_LAYERS.items():
         graph = parse(formula)
         factories[name] = (lambda g: (lambda c: compile_layer(g, c)))(graph)

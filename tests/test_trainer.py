@@ -10,13 +10,9 @@ from torch import nn
 from evaluators.datasets import load_dataset
 from evaluators.proxies import SEARCH_PROXIES, ProxyError
 from evaluators.trainer import TrainConfig, TrainResult, build_and_train, should_compile, train_and_score
-from helpers import default_training, reference_factories
+from helpers import bn_relu, default_training, reference_factories
 
 FAST = dict(steps=60, batch_size=64, lr=0.05, compile=False, threads=1)
-
-
-def bn_relu(c):
-    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,7 @@ def run_table(run_dir: Path):
 
 
 def report(out: Path, names) -> None:
+    from search.accounting import account
     from search.pareto import hypervolume, pareto_mask
     from search.rundir import load_run
 
@@ -166,12 +167,12 @@ def report(out: Path, names) -> None:
         stopped = int((df["status"] == "stopped").sum())
         trained = df[df["status"].isin(["ok", "stopped", "low_quality", "failed"])]
         wasted = int(trained.dropna(subset=accs).duplicated(accs).sum())
-        hours = float(df["seconds"].sum()) / 3600
+        acc = account(df)
         points = full[accs].to_numpy(dtype=float)
         front = points[pareto_mask(points, ["max"] * 3)] if len(points) else points
         hv = hypervolume(front, ["max"] * 3, [ref] * 3) if len(front) else 0.0
         print(f"{name:>11} {len(df):>8} {len(trained):>8} {len(full):>6} {stopped:>8} {wasted:>7} "
-              f"{hours:>9.2f} {len(df) / max(hours, 1e-9):>9.1f} {hv:>12.6f}")
+              f"{acc.worker_hours:>9.2f} {acc.judged_per_worker_hour or 0:>9.1f} {hv:>12.6f}")
     table = run_table(out / names[-1])
     if len(table) >= 3:
         summarise_table(table, out / names[-1])

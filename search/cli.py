@@ -22,7 +22,7 @@ COMMANDS = {
     "search": ("search_cmd", "run an evolutionary search"),
     "resume": ("resume", "resume a killed search from its run directory"),
     "front": ("front", "print the Pareto front of a run"),
-    "show": ("show", "show one candidate: formula, scores, lineage"),
+    "show": ("show", "show one candidate (formula, scores, lineage) or a run's accounting"),
     "export": ("export", "export a layer as a standalone torch module"),
     "plot": ("plot", "plot a run: fronts, progress, rejection funnel"),
     "retrain": ("retrain", "retrain the best front layers with tuned learning rates"),

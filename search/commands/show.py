@@ -1,4 +1,6 @@
-"""`evonorm show DIR ID`: one candidate: formula, status, scores, timings and its lineage."""
+"""`evonorm show DIR ID`: one candidate: formula, status, scores, timings and its lineage.
+`evonorm show DIR`: the run's accounting (judged per worker-hour, trainings saved), see
+`search.accounting`."""
 from __future__ import annotations
 
 import json
@@ -10,7 +12,8 @@ from search.files import write_atomic
 
 def add_arguments(parser):
     parser.add_argument("run_dir", metavar="DIR", help="a run directory")
-    parser.add_argument("id", metavar="ID", type=int, help="candidate id")
+    parser.add_argument("id", metavar="ID", type=int, nargs="?", default=None,
+                        help="candidate id (without it: where the run's worker time went)")
     parser.add_argument("--graph", metavar="FILE", default=None,
                         help="also draw the layer's computation graph into FILE (.png, .pdf or .svg)")
 
@@ -114,6 +117,8 @@ def run(args) -> int:
     from search.commands.front import load
     from search.commands.plot import image_output
 
+    if args.id is None:
+        return _run_summary(args)
     image = image_output(args.graph) if args.graph is not None else None
     run = load(args.run_dir)
     lines = describe(run, args.id)
@@ -122,6 +127,17 @@ def run(args) -> int:
         write_atomic(image[0], lambda f: draw_graph(graph, f, fmt=image[1]))
         lines.append(f"\nwrote {image[0]}")
     print("\n".join(lines))
+    return 0
+
+
+def _run_summary(args) -> int:
+    from search.accounting import account
+    from search.commands.front import load
+
+    if args.graph is not None:
+        raise UsageError("--graph draws one candidate's graph: give its ID")
+    run = load(args.run_dir)
+    print("\n".join([f"run {run.dir}", *account(run.candidates).lines()]))
     return 0
 
 

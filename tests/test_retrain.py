@@ -194,3 +194,66 @@ def test_batch_size_scales_the_lr_range_warm_start_and_steps(run_dir, capsys, mo
     tuning = [c["lr"] for c in calls if c["split"] == "val"]
     assert tuning[0] == pytest.approx(0.1 * 8 / 128)
     assert all(0.02 / 16 <= lr <= 0.5 / 16 for lr in tuning)
+
+
+def test_a_stopped_retrain_resumes_from_its_journal_without_training_twice(run_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Stopped (Ctrl-C) after 9 trainings, the same command resumes: those 9 are replayed
+    from the journal, the study proposes the same rates, the rest is trained once, and the
+    table equals an uninterrupted run's. The journal goes once the table is written."""
+    import shutil
+
+    import evaluators.trainer
+    argv = ["--top", "1", "--seeds", "2", "--trials", "7", "--archs", "resnet"]   # + plainnet: 5 x 11
+    val = lambda config: 1 - abs(math.log(config.lr / 0.15)) / 10 + config.seed / 100   # noqa: E731
+    test = lambda arch, config: config.lr + config.seed / 1000 + len(arch) / 100          # noqa: E731
+    clean = tmp_path / "clean"
+    shutil.copytree(run_dir, clean)
+    calls = []
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls, val, test))
+    assert main(["retrain", str(clean), *argv]) == 0
+    assert len(calls) == 5 * 11
+    expected = pq.read_table(clean / "retrain.parquet").to_pandas()
+
+    stopped, record = [], _recorder([], val, test)
+
+    def stop_after_nine(*a, **kw):
+        if len(stopped) == 9:
+            raise KeyboardInterrupt
+        stopped.append(1)
+        return record(*a, **kw)
+
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", stop_after_nine)
+    assert main(["retrain", str(run_dir), *argv]) == 130
+    journal = run_dir / "retrain.parquet.journal"
+    assert "run the same command to resume" in capsys.readouterr().err
+    assert not (run_dir / "retrain.parquet").exists() and len(journal.read_text().splitlines()) == 9
+    with open(journal, "a") as f:
+        f.write('{"key": "torn by a cra')            # a crash mid-line: skipped on reading
+    calls = []
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls, val, test))
+    assert main(["retrain", str(run_dir), *argv]) == 0
+    assert "resuming: 9 finished trainings" in capsys.readouterr().err
+    assert len(calls) == 5 * 11 - 9
+    resumed = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    cols = ["layer", "arch", "seed", "lr", "val_acc_tuned", "test_acc"]
+    assert resumed[cols].equals(expected[cols])
+    assert not journal.exists()
+
+
+def test_a_changed_setting_does_not_replay_the_journal(run_dir, capsys, monkeypatch):
+    import evaluators.trainer
+    from search.journal import Journal, key
+    argv = ["--top", "1", "--no-baselines", "--seeds", "1", "--trials", "2", "--archs", "resnet", "--no-held-out"]
+    journal = Journal(run_dir / "retrain.parquet.journal")
+    done = dict(formula=str(parse(FRONT[0])), arch="resnet", lr=0.1, seed=0, split="val", steps=20,
+                batch_size=128, dataset="synthetic", device="cpu")
+    journal.add(key(**done), {"accuracy": 0.99, "reason": None, "seconds": 1.0})
+    calls = []
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls))
+    assert main(["retrain", str(run_dir), *argv, "--steps", "20"]) == 0   # the first trial replays
+    assert len(calls) == 1 + 1 and calls[0]["lr"] != 0.1
+    journal.add(key(**done), {"accuracy": 0.99, "reason": None, "seconds": 1.0})
+    calls.clear()
+    assert main(["retrain", str(run_dir), *argv, "--steps", "30"]) == 0   # another budget: trained
+    assert len(calls) == 2 + 1 and calls[0]["lr"] == pytest.approx(0.1)

@@ -21,7 +21,9 @@ layer transfers as well as BN-ReLU when its gap is no worse than BN-ReLU's.
 `--batch-size B` trains at batch B; unless `--lr-range` is given the range
 scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start.
 Rows land in DIR/retrain.parquet (written atomically); the table of mean and
-spread is printed. With `--workers N` the layers are spread over N spawned
+spread is printed. Every training is journaled as it finishes (`search.journal`,
+DIR/retrain.parquet.journal until the table is written), so a retrain stopped
+part-way resumes when the same command is run again. With `--workers N` the layers are spread over N spawned
 processes (one torch thread each); rows still come back in layer order.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
 # TPE's random start-up: trials sampled at random before it models the objective
 STARTUP_TRIALS = 5
@@ -37,6 +40,7 @@ LR_RANGE_AT_128 = (0.02, 0.5)
 
 from search.errors import UsageError
 from search.files import check_writable_file, write_atomic
+from search.journal import Journal, key
 
 
 def add_arguments(parser):
@@ -89,7 +93,7 @@ def run(args) -> int:
     if plan["steps"] < 1:
         raise UsageError("--steps must be positive")
     archs = list(args.archs or run_.archs)
-    output = args.output or run_.dir / "retrain.parquet"
+    output = Path(args.output or run_.dir / "retrain.parquet")
     check_writable_file(output)  # before hours of training, not after
     layers = _layers(run_, args.top, not args.no_baselines)
     if not layers:
@@ -114,9 +118,19 @@ def run(args) -> int:
     except DatasetError as err:
         raise UsageError(str(err)) from None
 
-    rows = _retrain(layers, archs, held_out, dataset, device, plan, args, seed=int(run_.info.get("seed") or 0))
+    journal = Journal(output.with_name(output.name + ".journal")).load()
+    if journal.done:
+        print(f"evonorm: resuming: {len(journal.done)} finished trainings in {journal.path}", file=sys.stderr)
+    plan.update(dataset=dataset_name, journal=str(journal.path), done=journal.done)
+    try:
+        rows = _retrain(layers, archs, held_out, dataset, device, plan, args, seed=int(run_.info.get("seed") or 0))
+    except KeyboardInterrupt:
+        print(f"evonorm: finished trainings are kept in {journal.path}: run the same command to resume",
+              file=sys.stderr)
+        raise
     _add_transfer_gaps(rows, held_out)
     _write(output, rows)
+    journal.remove()
     print(_table(rows, archs + held_out, held_out))
     print(f"\nwrote {output} ({len(rows)} trainings)", file=sys.stderr)
     return 0
@@ -179,7 +193,8 @@ def _retrain(layers, archs, held_out, dataset, device, plan, args, seed) -> list
     bar = tqdm(total=total, desc="retrain", unit="training", file=sys.stderr, dynamic_ncols=True)
     job = {"archs": archs, "held_out": held_out, "steps": plan["steps"], "batch_size": plan["batch_size"],
            "trials": args.trials, "seeds": args.seeds, "lr_range": plan["lr_range"],
-           "warm_lr": plan["warm_lr"], "seed": seed, "device": str(device)}
+           "warm_lr": plan["warm_lr"], "seed": seed, "device": str(device), "dataset": plan["dataset"],
+           "journal": plan["journal"], "done": plan["done"]}
     try:
         if args.workers == 1:
             def done(text):
@@ -207,15 +222,27 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     def factory(channels):
         return compile_layer(graph, channels)
 
-    def train(arch, lr, run_seed, split):
-        config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
-        result = build_and_train(arch, factory, dataset, config, job["device"], split=split)
+    journal = Journal(job["journal"])
+    journal.done = dict(job["done"])
+
+    def train(arch, lr, run_seed, split) -> dict:
+        """{accuracy, reason, seconds}: from the journal when an earlier run finished it."""
+        k = key(formula=layer["formula"], arch=arch, lr=lr, seed=run_seed, split=split, steps=job["steps"],
+                batch_size=job["batch_size"], dataset=job["dataset"], device=job["device"])
+        result = journal.get(k)
+        if result is None:
+            start = time.perf_counter()
+            config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
+            trained = build_and_train(arch, factory, dataset, config, job["device"], split=split)
+            result = {"accuracy": trained.accuracy, "reason": trained.reason,
+                      "seconds": time.perf_counter() - start}
+            journal.add(k, result)
         done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
         return result
 
     def objective(trial):
         lr = trial.suggest_float("lr", *job["lr_range"], log=True)
-        accs = [train(arch, lr, job["seed"], "val").accuracy for arch in job["archs"]]
+        accs = [train(arch, lr, job["seed"], "val")["accuracy"] for arch in job["archs"]]
         return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
 
     sampler = optuna.samplers.TPESampler(seed=job["seed"], n_startup_trials=STARTUP_TRIALS)
@@ -226,14 +253,13 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     rows = []
     for s in range(job["seeds"]):
         for arch in [*job["archs"], *job["held_out"]]:
-            start = time.perf_counter()
             result = train(arch, lr, job["seed"] + 1 + s, "test")
             rows.append({"layer": layer["name"], "source": layer["source"],
                          "candidate_id": layer["candidate_id"], "formula": layer["formula"],
                          "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
                          "lr": lr, "steps": job["steps"], "batch_size": job["batch_size"],
-                         "val_acc_tuned": study.best_value, "test_acc": result.accuracy,
-                         "reason": result.reason, "seconds": time.perf_counter() - start})
+                         "val_acc_tuned": study.best_value, "test_acc": result["accuracy"],
+                         "reason": result["reason"], "seconds": result["seconds"]})
     return rows
 
 

@@ -1,0 +1,56 @@
+"""A journal of finished trainings, so that hours of `evonorm retrain` survive a stop.
+
+Every training lands as one JSON line, appended and flushed the moment it finishes;
+a retrain stopped part-way (Ctrl-C, a crash, the end of a sitting) is resumed by
+running the same command again: a training whose settings are already in the
+journal is replayed from it, not repeated. Its lr study is seeded, so given the same
+scores it proposes the same rates in the same order and replays too. The key is every
+setting that decides a training's outcome, so a changed flag (more steps, another
+batch size, another device) trains afresh.
+
+Appends of one short line are atomic on a local file system, so worker processes share
+one journal; a line torn by a crash is skipped when read. The command removes the
+journal once its table is written: it guards work in progress, it is not a cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def key(**settings) -> str:
+    """The journal key of a training: its settings, as canonical JSON."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+class Journal:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.done: dict[str, dict] = {}
+
+    def load(self) -> "Journal":
+        """Read what an earlier, stopped run left (nothing when there is no journal)."""
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[entry["key"]] = entry["result"]
+                except (ValueError, KeyError, TypeError):
+                    continue    # a line torn by a crash
+        return self
+
+    def get(self, k: str) -> dict | None:
+        return self.done.get(k)
+
+    def add(self, k: str, result: dict) -> None:
+        """Append one finished training, on disk before this returns."""
+        self.done[k] = result
+        line = json.dumps({"key": k, "result": result}) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -3,9 +3,12 @@
 One loop, one writer:
 
 1. While a worker is free and the budget allows, propose a candidate: a seed
-   formula (ids below the number of seeds), a random layer (while the
-   population plus the candidates in training is below P), or the mutated
-   winner of a tournament. Its RNG is derived from (seed, id), so a resumed
+   formula (ids below the number of seeds), a random layer (the rest of the
+   first P ids, and whenever the population is empty), or the mutated winner
+   of a tournament. The first population is P proposals, not P layers that
+   trained: most random layers are rejected, and waiting for P of them to
+   train spent a whole default run's hour on random graphs without a single
+   mutation. Its RNG is derived from (seed, id), so a resumed
    run proposes what a fresh run would have from that id on.
 2. Screen it in the driver (validity, duplicate, equivalence, stability). A
    rejected candidate is recorded at once; a duplicate or equivalent one gets
@@ -168,10 +171,9 @@ class Driver:
         self.next_id += 1
         rng = candidate_rng(self.config.seed, cid)
         parent_id, mutation = None, "random"
-        training = len(self.pending)
         if cid < len(self.seeds):
             graph, mutation = self.seeds[cid], "seed"
-        elif len(self.population) == 0 or len(self.population) + training < self.config.population:
+        elif len(self.population) == 0 or cid < self.config.population:
             graph = self.mode.random_graph(rng)
         else:
             parent = tournament(self.population, self.config.tournament, self.goals, rng)

@@ -228,3 +228,38 @@ def test_cli_real_training_on_the_synthetic_set(tmp_path, capsys):
     assert gated["acc_resnet"].isna().all() and (gated["steps_trained"] < 12).all()
     info = json.loads((out / "run.json").read_text())
     assert info["eval_config"]["dataset"] == "synthetic" and info["eval_config"]["steps"] == 12
+
+
+def test_evolution_starts_after_p_proposals_even_when_few_of_them_trained():
+    """The first population is the first P proposals (seeds, then random layers). Random
+    layers are mostly rejected, so waiting for P of them to train never got to a mutation
+    (a default run: an hour, 160 random proposals). Here the screen rejects everything but
+    the seeds, so the population stays at the seeds; from id P on every proposal is a
+    mutation of one of them."""
+    from search.executor import make_screen as real_screen
+
+    def seeds_only(spec):
+        screen = real_screen(spec)
+        check = screen.check
+
+        def only_seeds(graph, cid):
+            verdict = check(graph, cid)
+            if cid >= 3 and verdict.get("status") is None:
+                verdict = {**verdict, "status": "unstable", "reason": "rejected by the test"}
+            return verdict
+        screen.check = only_seeds
+        return screen
+
+    seeds = ["relu((x - batch_mean(x)) / batch_std(x) * gamma + beta)",
+             "x * sigmoid(x * v1) / group_std(x) * gamma + beta", "x / max(batch_std(x), instance_std(x) + x * v1) * gamma + beta"]
+    config = build_config(overrides=dict(evaluator="surrogate", executor="local", budget=40, population=12,
+                                         tournament=4, library_seeds=False, seed_formulas=seeds))
+    spec = evaluator_spec(config)
+    store = MemoryStore()
+    Driver(config, get_mode(config.mode, config.max_degree), store, seeds_only(spec), LocalExecutor(spec),
+           progress=None).run()
+    by_id = {r["id"]: r for r in store.records}
+    assert [by_id[i]["mutation"] for i in range(3)] == ["seed"] * 3 and by_id[0]["status"] == "ok"
+    assert all(by_id[i]["mutation"] == "random" for i in range(3, 12))
+    later = [by_id[i] for i in range(12, 40)]
+    assert all(r["parent_id"] in (0, 1, 2) and r["mutation"] not in ("random", "seed") for r in later)

@@ -211,7 +211,7 @@ def _hypervolume_panel(ax, xs, hv, ref, objectives) -> None:
         ax.plot(xs, hv, color="#6a3d9a", lw=2, drawstyle="steps-post")
         ax.fill_between(xs, hv, step="post", color="#6a3d9a", alpha=0.15)
     ref_text = ", ".join(f"{c[4:] if c.startswith('acc_') else c} {r:.3g}" for (c, _), r in zip(objectives, ref))
-    ref_text = f"final front's nadir - {REFERENCE_MARGIN:.0%} of the range: {ref_text}"
+    ref_text = f"final front's nadir - {REFERENCE_MARGIN:.0%} of the range:\n{ref_text}"
     ax.set_xlabel("candidates recorded", fontsize=11)
     ax.set_ylabel("hypervolume", fontsize=11)
     ax.set_title(f"Hypervolume of the front over {len(objectives)} objectives", fontsize=12)

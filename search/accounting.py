@@ -83,8 +83,8 @@ def account(candidates) -> Accounting:
     acc.training_seconds = unit
     acc.confirmed = sum(c > 0 for c in confirms)
     acc.confirm_cost = sum(confirms) / unit
-    for r, s in zip(rows, seconds):
-        if r["status"] != "ok":
-            acc.saved[r["status"]] = acc.saved.get(r["status"], 0.0) + max(0.0, 1.0 - s / unit)
-    acc.saved = {s: acc.saved[s] for s in STATUSES if s in acc.saved}
+    for status in STATUSES:
+        early = [s for r, s in zip(rows, seconds) if r["status"] == status]
+        if status != "ok" and early:
+            acc.saved[status] = sum(max(0.0, 1.0 - s / unit) for s in early)
     return acc

@@ -121,7 +121,7 @@ def run(args) -> int:
     journal = Journal(output.with_name(output.name + ".journal")).load()
     if journal.done:
         print(f"evonorm: resuming: {len(journal.done)} finished trainings in {journal.path}", file=sys.stderr)
-    plan.update(dataset=dataset_name, journal=str(journal.path), done=journal.done)
+    plan.update(dataset=dataset_name, journal=str(journal.path))
     try:
         rows = _retrain(layers, archs, held_out, dataset, device, plan, args, seed=int(run_.info.get("seed") or 0))
     except KeyboardInterrupt:
@@ -194,7 +194,7 @@ def _retrain(layers, archs, held_out, dataset, device, plan, args, seed) -> list
     job = {"archs": archs, "held_out": held_out, "steps": plan["steps"], "batch_size": plan["batch_size"],
            "trials": args.trials, "seeds": args.seeds, "lr_range": plan["lr_range"],
            "warm_lr": plan["warm_lr"], "seed": seed, "device": str(device), "dataset": plan["dataset"],
-           "journal": plan["journal"], "done": plan["done"]}
+           "journal": plan["journal"]}
     try:
         if args.workers == 1:
             def done(text):
@@ -222,8 +222,7 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     def factory(channels):
         return compile_layer(graph, channels)
 
-    journal = Journal(job["journal"])
-    journal.done = dict(job["done"])
+    journal = Journal(job["journal"]).load()
 
     def train(arch, lr, run_seed, split) -> dict:
         """{accuracy, reason, seconds}: from the journal when an earlier run finished it."""

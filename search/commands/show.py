@@ -118,7 +118,7 @@ def run(args) -> int:
     from search.commands.plot import image_output
 
     if args.id is None:
-        return _run_summary(args)
+        return _accounting(args)
     image = image_output(args.graph) if args.graph is not None else None
     run = load(args.run_dir)
     lines = describe(run, args.id)
@@ -130,7 +130,7 @@ def run(args) -> int:
     return 0
 
 
-def _run_summary(args) -> int:
+def _accounting(args) -> int:
     from search.accounting import account
     from search.commands.front import load
 

@@ -257,3 +257,52 @@ def test_a_changed_setting_does_not_replay_the_journal(run_dir, capsys, monkeypa
     calls.clear()
     assert main(["retrain", str(run_dir), *argv, "--steps", "30"]) == 0   # another budget: trained
     assert len(calls) == 2 + 1 and calls[0]["lr"] == pytest.approx(0.1)
+
+
+# -- the report: versus BN-ReLU beyond two standard errors ------------------------------------
+
+def _rows(scores):
+    """retrain.parquet-like rows from {layer: {arch: [test accuracies, one per seed]}}."""
+    return [{"layer": layer, "arch": arch, "held_out": arch == "plainnet", "seed": seed, "lr": 0.1,
+             "formula": layer, "test_acc": acc, "transfer_gap": None}
+            for layer, per_arch in scores.items() for arch, accs in per_arch.items()
+            for seed, acc in enumerate(accs, 1)]
+
+
+def test_versus_flags_only_differences_beyond_two_standard_errors():
+    from search.retrain_report import versus
+
+    rows = _rows({"bn-relu": {"resnet": [0.880, 0.882, 0.884], "plainnet": [0.80, 0.81, 0.82]},
+                  # resnet: +1 point, SE 0.16: beyond; plainnet: +1 point but SE ~1: within
+                  "#7": {"resnet": [0.890, 0.892, 0.894], "plainnet": [0.79, 0.83, 0.83]},
+                  "#9": {"resnet": [0.850, 0.852, 0.854], "plainnet": [0.81]}})
+    got = {(v["layer"], v["arch"]): v for v in versus(rows, ["resnet", "plainnet"])}
+    assert got["#7", "resnet"]["verdict"] == "better"
+    assert got["#7", "resnet"]["diff"] == pytest.approx(0.01)
+    assert got["#7", "resnet"]["se"] == pytest.approx(math.sqrt(2 * 0.002 ** 2 / 3))
+    assert got["#7", "plainnet"]["verdict"] == "within"
+    assert got["#9", "resnet"]["verdict"] == "worse"
+    assert got["#9", "plainnet"]["verdict"] == "n/a"   # one seed: no standard error
+    assert ("bn-relu", "resnet") not in got
+
+
+def test_report_puts_held_out_proxies_last_and_says_whether_any_layer_beats_bn_relu():
+    from search.retrain_report import report
+
+    tie = {"resnet": [0.88, 0.89, 0.90], "plainnet": [0.80, 0.81, 0.82]}
+    text = report(_rows({"#1": tie, "bn-relu": tie}))
+    assert "test plainnet % (held out)" in text
+    assert text.index("test resnet %") < text.index("test plainnet %")
+    assert "no layer beats bn-relu beyond 2 standard errors on any proxy" in text
+    better = {"resnet": [0.95, 0.96, 0.97], "plainnet": tie["plainnet"]}
+    text = report(_rows({"#1": better, "bn-relu": tie}))
+    assert "beyond 2 standard errors above bn-relu: #1 on resnet" in text
+
+
+def test_show_prints_the_retrain_report_of_a_finished_retrain(run_dir, capsys):
+    assert main(["retrain", str(run_dir), "--top", "1", "--seeds", "2", "--trials", "1", "--steps", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert main(["show", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "vs bn-relu" in shown and "vs bn-relu" in printed
+    assert shown.split("\n\nretrain (")[1].split("\n", 1)[1].strip() == printed.strip()

@@ -21,7 +21,8 @@ layer transfers as well as BN-ReLU when its gap is no worse than BN-ReLU's.
 `--batch-size B` trains at batch B; unless `--lr-range` is given the range
 scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start.
 Rows land in DIR/retrain.parquet (written atomically); the table of mean and
-spread is printed. Every training is journaled as it finishes (`search.journal`,
+spread and the comparison with BN-ReLU are printed (`search.retrain_report`; `evonorm
+show DIR` prints them again). Every training is journaled as it finishes (`search.journal`,
 DIR/retrain.parquet.journal until the table is written), so a retrain stopped
 part-way resumes when the same command is run again. With `--workers N` the layers are spread over N spawned
 processes (one torch thread each); rows still come back in layer order.
@@ -41,6 +42,7 @@ LR_RANGE_AT_128 = (0.02, 0.5)
 from search.errors import UsageError
 from search.files import check_writable_file, write_atomic
 from search.journal import Journal, key
+from search.retrain_report import table, versus_table
 
 
 def add_arguments(parser):
@@ -131,7 +133,7 @@ def run(args) -> int:
     _add_transfer_gaps(rows, held_out)
     _write(output, rows)
     journal.remove()
-    print(_table(rows, archs + held_out, held_out))
+    print(table(rows, archs + held_out, held_out) + "\n\n" + versus_table(rows, archs + held_out))
     print(f"\nwrote {output} ({len(rows)} trainings)", file=sys.stderr)
     return 0
 
@@ -336,32 +338,3 @@ def _add_transfer_gaps(rows, held_out) -> None:
             gap = sum(held) / len(held) - sum(searched) / len(searched)
         for r in mine:
             r["transfer_gap"] = gap
-
-
-def _table(rows, archs, held_out=()) -> str:
-    """One line per layer: tuned lr, test accuracy mean ± std per proxy, over the searched
-    proxies, and the transfer gap to the held-out ones."""
-    import statistics
-
-    def cell(values):
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        if not values:
-            return "failed"
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
-
-    names = list(dict.fromkeys(r["layer"] for r in rows))
-    header = (["layer", "lr"] + [f"test {a} %" + (" (held out)" if a in held_out else "") for a in archs]
-              + ["mean %"] + (["gap %"] if held_out else []) + ["formula"])
-    lines = []
-    for name in names:
-        mine = [r for r in rows if r["layer"] == name]
-        per_arch = [cell([r["test_acc"] for r in mine if r["arch"] == a]) for a in archs]
-        gap = mine[0].get("transfer_gap")
-        gap_cell = ([("failed" if gap is None else f"{100 * gap:+.2f}")] if held_out else [])
-        lines.append([name, f"{mine[0]['lr']:.3g}", *per_arch,
-                      cell([r["test_acc"] for r in mine if r["arch"] not in held_out]), *gap_cell,
-                      mine[0]["formula"]])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])

@@ -1,6 +1,6 @@
 """`evonorm show DIR ID`: one candidate: formula, status, scores, timings and its lineage.
 `evonorm show DIR`: the run's accounting (judged per worker-hour, trainings saved), see
-`search.accounting`."""
+`search.accounting`, and the retrain's report when DIR/retrain.parquet exists."""
 from __future__ import annotations
 
 import json
@@ -138,6 +138,13 @@ def _accounting(args) -> int:
         raise UsageError("--graph draws one candidate's graph: give its ID")
     run = load(args.run_dir)
     print("\n".join([f"run {run.dir}", *account(run.candidates).lines()]))
+    retrained = run.dir / "retrain.parquet"
+    if retrained.exists():
+        import pyarrow.parquet as pq
+
+        from search.retrain_report import report
+
+        print(f"\nretrain ({retrained})\n" + report(pq.read_table(retrained).to_pylist()))
     return 0
 
 

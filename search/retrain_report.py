@@ -1,0 +1,100 @@
+"""The retrain's report: each layer's test accuracy per proxy, and how it compares with BN-ReLU.
+
+`retrain` prints it when it finishes; `evonorm show DIR` prints it again from
+DIR/retrain.parquet, so the numbers a README quotes can be regenerated without
+training. A layer "beats" the reference on a proxy when its mean test accuracy
+exceeds the reference's by more than two standard errors of the difference
+(Welch's: sqrt(s1²/n1 + s2²/n2) over the seeds). With 3 seeds that is a loose
+screen, not a significance test: Student's t at 2+2 degrees of freedom puts the
+5% two-sided bar near 2.8 standard errors.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+REFERENCE = "bn-relu"
+
+
+def _accs(rows, layer, arch) -> list[float]:
+    return [r["test_acc"] for r in rows if r["layer"] == layer and r["arch"] == arch
+            and r["test_acc"] is not None and math.isfinite(r["test_acc"])]
+
+
+def versus(rows, archs, reference: str = REFERENCE) -> list[dict]:
+    """{layer, arch, diff, se, verdict} for every other layer and proxy: diff is the layer's
+    mean test accuracy minus the reference's; verdict is "better" or "worse" beyond two
+    standard errors, else "within" (or "n/a" with fewer than 2 seeds or a failed side)."""
+    out = []
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        if layer == reference:
+            continue
+        for arch in archs:
+            mine, ref = _accs(rows, layer, arch), _accs(rows, reference, arch)
+            if len(mine) < 2 or len(ref) < 2:
+                out.append({"layer": layer, "arch": arch, "diff": None, "se": None, "verdict": "n/a"})
+                continue
+            diff = statistics.mean(mine) - statistics.mean(ref)
+            se = math.sqrt(statistics.variance(mine) / len(mine) + statistics.variance(ref) / len(ref))
+            verdict = "better" if diff > 2 * se else "worse" if diff < -2 * se else "within"
+            out.append({"layer": layer, "arch": arch, "diff": diff, "se": se, "verdict": verdict})
+    return out
+
+
+def _cell(values) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "failed"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
+
+
+def _columns(header, lines) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+def table(rows, archs, held_out=()) -> str:
+    """One line per layer: tuned lr, test accuracy mean ± std per proxy, over the searched
+    proxies, and the transfer gap to the held-out ones."""
+    header = (["layer", "lr"] + [f"test {a} %" + (" (held out)" if a in held_out else "") for a in archs]
+              + ["mean %"] + (["gap %"] if held_out else []) + ["formula"])
+    lines = []
+    for name in dict.fromkeys(r["layer"] for r in rows):
+        mine = [r for r in rows if r["layer"] == name]
+        gap = mine[0].get("transfer_gap")
+        gap_cell = [("failed" if gap is None or not math.isfinite(gap) else f"{100 * gap:+.2f}")] if held_out else []
+        lines.append([name, f"{mine[0]['lr']:.3g}", *[_cell(_accs(rows, name, a)) for a in archs],
+                      _cell([r["test_acc"] for r in mine if r["arch"] not in held_out]), *gap_cell,
+                      mine[0]["formula"]])
+    return _columns(header, lines)
+
+
+def versus_table(rows, archs, reference: str = REFERENCE) -> str:
+    """Per layer and proxy: difference to the reference in points ± its standard error, with
+    `>` / `<` where it is beyond two standard errors; then one line saying whether any layer
+    beats the reference anywhere."""
+    if not any(r["layer"] == reference for r in rows):
+        return f"no {reference} in the retrain: nothing to compare with"
+    results = versus(rows, archs, reference)
+    mark = {"better": " >", "worse": " <", "within": "", "n/a": ""}
+    lines = []
+    for layer in dict.fromkeys(v["layer"] for v in results):
+        cells = []
+        for v in (v for v in results if v["layer"] == layer):
+            cells.append("n/a" if v["diff"] is None
+                         else f"{100 * v['diff']:+.2f} ± {100 * v['se']:.2f}{mark[v['verdict']]}")
+        lines.append([layer, *cells])
+    winners = sorted({f"{v['layer']} on {v['arch']}" for v in results if v["verdict"] == "better"})
+    verdict = (f"beyond 2 standard errors above {reference}: " + ", ".join(winners) if winners
+               else f"no layer beats {reference} beyond 2 standard errors on any proxy")
+    return "\n".join([_columns(["vs " + reference, *[f"{a} (pts ± SE)" for a in archs]], lines), verdict])
+
+
+def report(rows) -> str:
+    """Both tables for rows read back from a retrain.parquet (proxies in row order, the held-out
+    ones last, as `retrain` trains them)."""
+    archs = list(dict.fromkeys(r["arch"] for r in rows if not r.get("held_out")))
+    held_out = list(dict.fromkeys(r["arch"] for r in rows if r.get("held_out")))
+    return table(rows, archs + held_out, held_out) + "\n\n" + versus_table(rows, archs + held_out)

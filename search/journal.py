@@ -32,7 +32,11 @@ class Journal:
     def load(self) -> "Journal":
         """Read what an earlier, stopped run left (nothing when there is no journal)."""
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            if text and not text.endswith("\n"):   # a torn last line: end it, or the next append joins it
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("\n")
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                     self.done[entry["key"]] = entry["result"]

@@ -306,3 +306,54 @@ def test_show_prints_the_retrain_report_of_a_finished_retrain(run_dir, capsys):
     shown = capsys.readouterr().out
     assert "vs bn-relu" in shown and "vs bn-relu" in printed
     assert shown.split("\n\nretrain (")[1].split("\n", 1)[1].strip() == printed.strip()
+
+
+def test_ctrl_c_stops_a_retrain_in_worker_processes_at_once(run_dir):
+    """Ctrl-C reaches the whole foreground process group. The workers leave it to the parent,
+    which terminates them: the queued layers are not trained first (they once were, for
+    hours), finished trainings stay in the journal, and no process is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    journal = run_dir / "retrain.parquet.journal"
+    total = 5 * (6 + 3 * 2)          # 5 layers x (6 trials + 3 seeds x (resnet + plainnet))
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "retrain", str(run_dir), "--top", "1",
+                             "--workers", "2", "--trials", "6", "--steps", "60"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (journal.exists() and journal.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "no training finished"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command to resume" in err
+    assert 2 <= journal.read_text().count("\n") < total
+    for _ in range(50):              # the manager and pool processes go with the parent
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the retrain")
+
+
+def test_a_torn_journal_line_does_not_swallow_the_next_entry(tmp_path):
+    from search.journal import Journal
+
+    path = tmp_path / "j"
+    Journal(path).add("a", {"accuracy": 0.5})
+    with open(path, "a") as f:
+        f.write('{"key": "b", "resu')                # a crash mid-line
+    journal = Journal(path).load()
+    journal.add("c", {"accuracy": 0.7})
+    assert Journal(path).load().done == {"a": {"accuracy": 0.5}, "c": {"accuracy": 0.7}}

@@ -270,7 +270,10 @@ _WORKER = {}
 
 
 def _worker_init(dataset, device, messages):
+    import signal
+
     import torch
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: it stops the pool
     torch.set_num_threads(1)
     _WORKER.update(dataset=dataset.to(device), messages=messages)
 
@@ -281,28 +284,38 @@ def _worker_layer(layer, job):
 
 def _in_processes(layers, dataset, job, workers, bar) -> list[dict]:
     """Layers spread over `workers` spawned processes; their per-training messages
-    drive the progress bar. Rows come back in layer order."""
+    drive the progress bar. Rows come back in layer order. On Ctrl-C (or any error) the
+    workers are terminated at once: their finished trainings are in the journal, and
+    waiting for the layers still queued would take hours."""
     import multiprocessing
     import queue
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         messages = manager.Queue()
-        with ProcessPoolExecutor(min(workers, len(layers)), mp_context=ctx, initializer=_worker_init,
-                                 initargs=(dataset.to("cpu"), job["device"], messages)) as pool:
-            futures = [pool.submit(_worker_layer, layer, job) for layer in layers]
-            pending = set(futures)
-            while pending:
-                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        text = messages.get_nowait()
-                    except queue.Empty:
-                        break
-                    bar.set_postfix_str(text)
-                    bar.update()
-            return [row for future in futures for row in future.result()]
+
+        def drain():
+            while True:
+                try:
+                    text = messages.get_nowait()
+                except queue.Empty:
+                    return
+                bar.set_postfix_str(text)
+                bar.update()
+
+        pool = ctx.Pool(min(workers, len(layers)), initializer=_worker_init,
+                        initargs=(dataset.to("cpu"), job["device"], messages))
+        try:
+            results = [pool.apply_async(_worker_layer, (layer, job)) for layer in layers]
+            for result in results:
+                while not result.ready():
+                    result.wait(0.5)
+                    drain()
+            drain()
+            return [row for result in results for row in result.get()]
+        finally:
+            pool.terminate()
+            pool.join()
 
 
 def _write(path, rows):

@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=T.TrainConfig().lr)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=T.TrainConfig().steps)
+    parser.add_argument("--poly-lr", type=float, default=T.TrainConfig().poly_lr,
+                        help="poly coefficients' rate, times --lr")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset("fashion-mnist", download=False)
@@ -72,10 +74,10 @@ def main() -> None:
     model = build_proxy(args.arch, lambda c: compile_layer(graph, c), ds.in_channels, ds.num_classes, ds.image_size)
     batches = ds.train_batches(128, torch.Generator().manual_seed(1), None)
     probe = [next(batches)[0] for _ in range(10)]
-    print(f"{args.arch}  {graph}  lr {args.lr}")
+    print(f"{args.arch}  {graph}  lr {args.lr}  poly lr {args.poly_lr}")
     print("at init, per position: std / max|y|  " + "  ".join(f"{s:.2g}/{m:.3g}" for s, m in at_init(model, probe[0])))
     result = T.train_and_score(model, ds, T.TrainConfig(compile=False, threads=1, lr=args.lr, seed=args.seed,
-                                                 steps=args.steps), "cpu")
+                                                 steps=args.steps, poly_lr=args.poly_lr), "cpu")
     print("loss every 25 steps  " + " ".join(f"{v:.2f}" for v in result.losses[::25]))
     print(f"val accuracy  {result.accuracy}  {result.reason or ''}")
     recalibrate(model, probe)

@@ -243,10 +243,6 @@ def test_inductor_compiled_bf16_training_matches_eager(synthetic):
 _SHORTFALLS = {
     # trains to chance in float32 as well (10.5%), so the two agree (an XPASS, not a failure)
     "bn-square": "issue 10: does not train in float32 either",
-    # float32 reaches 80% on resnet but diverges on mobilenetv2/efficientnet; under bf16 on
-    # resnet one run reached 81.05% (float32 81.15%), another diverged (loss 2.28 at step 300,
-    # non-finite output in evaluation): the unit sits at the edge, rounding decides
-    "bn-poly": "issue 10: the cubic unit can diverge under bf16 (non-finite in evaluation)",
 }
 
 

@@ -16,6 +16,17 @@ import statistics
 REFERENCE = "bn-relu"
 
 
+def reference_name(rows, reference: str = REFERENCE) -> str | None:
+    """The name the reference layer goes by in `rows`: its library name, or a front member's
+    `#id` when the search's front held the very same layer (it is then trained once)."""
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS
+
+    formula = str(parse(REFERENCE_LAYERS[reference]))
+    names = list(dict.fromkeys(r["layer"] for r in rows if r["layer"] == reference or r["formula"] == formula))
+    return names[0] if names else None
+
+
 def _accs(rows, layer, arch) -> list[float]:
     return [r["test_acc"] for r in rows if r["layer"] == layer and r["arch"] == arch
             and r["test_acc"] is not None and math.isfinite(r["test_acc"])]
@@ -25,6 +36,7 @@ def versus(rows, archs, reference: str = REFERENCE) -> list[dict]:
     """{layer, arch, diff, se, verdict} for every other layer and proxy: diff is the layer's
     mean test accuracy minus the reference's; verdict is "better" or "worse" beyond two
     standard errors, else "within" (or "n/a" with fewer than 2 seeds or a failed side)."""
+    reference = reference_name(rows, reference) or reference
     out = []
     for layer in dict.fromkeys(r["layer"] for r in rows):
         if layer == reference:
@@ -75,9 +87,11 @@ def versus_table(rows, archs, reference: str = REFERENCE) -> str:
     """Per layer and proxy: difference to the reference in points ± its standard error, with
     `>` / `<` where it is beyond two standard errors; then one line saying whether any layer
     beats the reference anywhere."""
-    if not any(r["layer"] == reference for r in rows):
+    name = reference_name(rows, reference)
+    if name is None:
         return f"no {reference} in the retrain: nothing to compare with"
     results = versus(rows, archs, reference)
+    label = reference if name == reference else f"{reference} ({name})"
     mark = {"better": " >", "worse": " <", "within": "", "n/a": ""}
     lines = []
     for layer in dict.fromkeys(v["layer"] for v in results):
@@ -87,9 +101,9 @@ def versus_table(rows, archs, reference: str = REFERENCE) -> str:
                          else f"{100 * v['diff']:+.2f} ± {100 * v['se']:.2f}{mark[v['verdict']]}")
         lines.append([layer, *cells])
     winners = sorted({f"{v['layer']} on {v['arch']}" for v in results if v["verdict"] == "better"})
-    verdict = (f"beyond 2 standard errors above {reference}: " + ", ".join(winners) if winners
-               else f"no layer beats {reference} beyond 2 standard errors on any proxy")
-    return "\n".join([_columns(["vs " + reference, *[f"{a} (pts ± SE)" for a in archs]], lines), verdict])
+    verdict = (f"beyond 2 standard errors above {label}: " + ", ".join(winners) if winners
+               else f"no layer beats {label} beyond 2 standard errors on any proxy")
+    return "\n".join([_columns(["vs " + label, *[f"{a} (pts ± SE)" for a in archs]], lines), verdict])
 
 
 def report(rows) -> str:

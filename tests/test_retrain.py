@@ -357,3 +357,16 @@ def test_a_torn_journal_line_does_not_swallow_the_next_entry(tmp_path):
     journal = Journal(path).load()
     journal.add("c", {"accuracy": 0.7})
     assert Journal(path).load().done == {"a": {"accuracy": 0.5}, "c": {"accuracy": 0.7}}
+
+
+def test_bn_relu_on_the_front_is_the_reference_under_its_front_name():
+    from search.retrain_report import versus_table
+
+    relu = str(parse(REFERENCE_LAYERS["bn-relu"]))
+    rows = _rows({"#0": {"resnet": [0.88, 0.882, 0.884]}, "#5": {"resnet": [0.90, 0.902, 0.904]}})
+    for r in rows:
+        r["formula"] = relu if r["layer"] == "#0" else "x"
+    text = versus_table(rows, ["resnet"])
+    assert text.splitlines()[0].startswith("vs bn-relu (#0)")
+    assert "beyond 2 standard errors above bn-relu (#0): #5 on resnet" in text
+    assert "\n#0 " not in text

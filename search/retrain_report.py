@@ -14,6 +14,10 @@ import math
 import statistics
 
 REFERENCE = "bn-relu"
+# the layers a search mode's discoveries must beat: BN-ReLU always; at small batch (sample
+# mode) the batch-free standards too; for encrypted inference the square activation
+REFERENCES = {"batch": ("bn-relu",), "sample": ("bn-relu", "gn-relu", "evonorm-s0"),
+              "polynomial": ("bn-relu", "bn-square")}
 
 
 def reference_name(rows, reference: str = REFERENCE) -> str | None:
@@ -106,9 +110,11 @@ def versus_table(rows, archs, reference: str = REFERENCE) -> str:
     return "\n".join([_columns(["vs " + label, *[f"{a} (pts ± SE)" for a in archs]], lines), verdict])
 
 
-def report(rows) -> str:
-    """Both tables for rows read back from a retrain.parquet (proxies in row order, the held-out
-    ones last, as `retrain` trains them)."""
+def report(rows, mode: str = "batch") -> str:
+    """The accuracy table and one comparison per reference of `mode`, for rows in the order
+    `retrain` writes them (searched proxies, then the held-out ones)."""
     archs = list(dict.fromkeys(r["arch"] for r in rows if not r.get("held_out")))
     held_out = list(dict.fromkeys(r["arch"] for r in rows if r.get("held_out")))
-    return table(rows, archs + held_out, held_out) + "\n\n" + versus_table(rows, archs + held_out)
+    parts = [table(rows, archs + held_out, held_out)]
+    parts += [versus_table(rows, archs + held_out, ref) for ref in REFERENCES.get(mode, (REFERENCE,))]
+    return "\n\n".join(parts)

@@ -370,3 +370,14 @@ def test_bn_relu_on_the_front_is_the_reference_under_its_front_name():
     assert text.splitlines()[0].startswith("vs bn-relu (#0)")
     assert "beyond 2 standard errors above bn-relu (#0): #5 on resnet" in text
     assert "\n#0 " not in text
+
+
+def test_a_sample_mode_report_compares_with_the_batch_free_standards_too():
+    from search.retrain_report import report
+
+    tie = {"resnet": [0.88, 0.89, 0.90]}
+    rows = _rows({"#1": {"resnet": [0.95, 0.96, 0.97]}, "bn-relu": tie, "gn-relu": tie, "evonorm-s0": tie})
+    text = report(rows, "sample")
+    for ref in ("bn-relu", "gn-relu", "evonorm-s0"):
+        assert f"beyond 2 standard errors above {ref}: #1 on resnet" in text
+    assert "above gn-relu" not in report(rows, "batch")

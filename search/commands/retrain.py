@@ -42,7 +42,7 @@ LR_RANGE_AT_128 = (0.02, 0.5)
 from search.errors import UsageError
 from search.files import check_writable_file, write_atomic
 from search.journal import Journal, key
-from search.retrain_report import table, versus_table
+from search.retrain_report import report
 
 
 def add_arguments(parser):
@@ -133,7 +133,7 @@ def run(args) -> int:
     _add_transfer_gaps(rows, held_out)
     _write(output, rows)
     journal.remove()
-    print(table(rows, archs + held_out, held_out) + "\n\n" + versus_table(rows, archs + held_out))
+    print(report(rows, config.get("mode", "batch")))
     print(f"\nwrote {output} ({len(rows)} trainings)", file=sys.stderr)
     return 0
 

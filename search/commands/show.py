@@ -144,7 +144,8 @@ def _accounting(args) -> int:
 
         from search.retrain_report import report
 
-        print(f"\nretrain ({retrained})\n" + report(pq.read_table(retrained).to_pylist()))
+        mode = (run.info.get("config") or {}).get("mode", "batch")
+        print(f"\nretrain ({retrained})\n" + report(pq.read_table(retrained).to_pylist(), mode))
     return 0
 
 

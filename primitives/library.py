@@ -42,6 +42,9 @@ REFERENCE_LAYERS: dict[str, str] = {
 
 # The layers every evaluation is compared against.
 BASELINES = ("bn-relu", "gn-relu", "evonorm-b0", "evonorm-s0")
+# Sample mode (no batch moments: the small-batch regime) is measured against BN-ReLU, which
+# it should beat there, and the batch-free standards: GN-ReLU and the EvoNorm S-series.
+SAMPLE_BASELINES = ("bn-relu", "gn-relu", "evonorm-s0", "evonorm-s1", "evonorm-s2")
 # Polynomial mode (layers for encrypted inference) compares against BN-ReLU, the
 # accuracy to approach, and the square activation, the HE-friendly classic.
 POLYNOMIAL_BASELINES = ("bn-relu", "bn-square")
@@ -49,4 +52,4 @@ POLYNOMIAL_BASELINES = ("bn-relu", "bn-square")
 
 def baselines(mode: str = "batch") -> tuple[str, ...]:
     """The reference layers a search in `mode`, or an evaluation of its layers, is compared to."""
-    return POLYNOMIAL_BASELINES if mode == "polynomial" else BASELINES
+    return {"polynomial": POLYNOMIAL_BASELINES, "sample": SAMPLE_BASELINES}.get(mode, BASELINES)

@@ -381,3 +381,19 @@ def test_a_sample_mode_report_compares_with_the_batch_free_standards_too():
     for ref in ("bn-relu", "gn-relu", "evonorm-s0"):
         assert f"beyond 2 standard errors above {ref}: #1 on resnet" in text
     assert "above gn-relu" not in report(rows, "batch")
+
+
+def test_a_sample_mode_run_is_retrained_against_gn_relu_and_the_s_series(run_dir, capsys, monkeypatch):
+    import json
+
+    import evaluators.trainer
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text())
+    info["config"]["mode"] = "sample"
+    info_path.write_text(json.dumps(info))
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder([]))
+    assert main(["retrain", str(run_dir), "--top", "0", "--seeds", "2", "--trials", "1", "--no-held-out"]) == 0
+    table = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert list(dict.fromkeys(table["layer"])) == ["bn-relu", "gn-relu", "evonorm-s0", "evonorm-s1", "evonorm-s2"]
+    out = capsys.readouterr().out
+    assert "vs gn-relu" in out and "vs evonorm-s0" in out

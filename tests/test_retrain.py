@@ -330,7 +330,8 @@ def test_ctrl_c_stops_a_retrain_in_worker_processes_at_once(run_dir):
             assert proc.poll() is None and time.monotonic() < deadline, "no training finished"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=90)    # seconds at most (a loaded CI machine): the queued
+                                                 # layers would take far longer; the count below tells
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -323,6 +323,9 @@ def test_ctrl_c_stops_a_retrain_in_worker_processes_at_once(run_dir):
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "retrain", str(run_dir), "--top", "1",
                              "--workers", "2", "--trials", "6", "--steps", "60"],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            # as from a terminal: a shell's background job (CI's, perhaps) ignores
+                            # SIGINT, and a Python started so never turns it into KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240

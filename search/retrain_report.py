@@ -31,7 +31,7 @@ def reference_name(rows, reference: str = REFERENCE) -> str | None:
     return names[0] if names else None
 
 
-def _accs(rows, layer, arch) -> list[float]:
+def finite_accs(rows, layer, arch) -> list[float]:
     return [r["test_acc"] for r in rows if r["layer"] == layer and r["arch"] == arch
             and r["test_acc"] is not None and math.isfinite(r["test_acc"])]
 
@@ -46,7 +46,7 @@ def versus(rows, archs, reference: str = REFERENCE) -> list[dict]:
         if layer == reference:
             continue
         for arch in archs:
-            mine, ref = _accs(rows, layer, arch), _accs(rows, reference, arch)
+            mine, ref = finite_accs(rows, layer, arch), finite_accs(rows, reference, arch)
             if len(mine) < 2 or len(ref) < 2:
                 out.append({"layer": layer, "arch": arch, "diff": None, "se": None, "verdict": "n/a"})
                 continue
@@ -81,7 +81,7 @@ def table(rows, archs, held_out=()) -> str:
         mine = [r for r in rows if r["layer"] == name]
         gap = mine[0].get("transfer_gap")
         gap_cell = [("failed" if gap is None or not math.isfinite(gap) else f"{100 * gap:+.2f}")] if held_out else []
-        lines.append([name, f"{mine[0]['lr']:.3g}", *[_cell(_accs(rows, name, a)) for a in archs],
+        lines.append([name, f"{mine[0]['lr']:.3g}", *[_cell(finite_accs(rows, name, a)) for a in archs],
                       _cell([r["test_acc"] for r in mine if r["arch"] not in held_out]), *gap_cell,
                       mine[0]["formula"]])
     return _columns(header, lines)

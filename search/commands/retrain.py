@@ -42,7 +42,7 @@ LR_RANGE_AT_128 = (0.02, 0.5)
 from search.errors import UsageError
 from search.files import check_writable_file, write_atomic
 from search.journal import Journal, key
-from search.retrain_report import report
+from search.retrain_report import finite_accs, report
 
 
 def add_arguments(parser):
@@ -332,8 +332,7 @@ def _write(path, rows):
     write_atomic(path, lambda f: pq.write_table(table, f))
 
 
-def _mean_acc(rows):
-    values = [r["test_acc"] for r in rows if r["test_acc"] is not None and math.isfinite(r["test_acc"])]
+def _mean(values):
     return sum(values) / len(values) if values else None
 
 
@@ -343,7 +342,7 @@ def _add_transfer_gaps(rows, held_out) -> None:
     proxies or with a failed proxy)."""
     for name in dict.fromkeys(r["layer"] for r in rows):
         mine = [r for r in rows if r["layer"] == name]
-        per_arch = {a: _mean_acc([r for r in mine if r["arch"] == a]) for a in dict.fromkeys(r["arch"] for r in mine)}
+        per_arch = {a: _mean(finite_accs(mine, name, a)) for a in dict.fromkeys(r["arch"] for r in mine)}
         searched = [v for a, v in per_arch.items() if a not in held_out]
         held = [per_arch.get(a) for a in held_out]
         gap = None

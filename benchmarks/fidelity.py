@@ -18,6 +18,7 @@ the rungs (`--hurdle-share 1` stops no one), so its full trainings also give par
     python benchmarks/fidelity.py rank --run results/example --limit 40
     python benchmarks/fidelity.py search --minutes 30
     python benchmarks/fidelity.py resume --minutes 60   # both arms, more time (a later sitting)
+    python benchmarks/fidelity.py replay results/default-v2 --shares 0.5 0.3 0.1  # no training
 """
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ def rank(args) -> None:
     summarise(pd.DataFrame(rows), args.run, rungs, config.steps)
 
 
-def summarise(table, run, rungs, total) -> None:
-    """Kendall tau per proxy and rung; which full-score front layers each hurdle would stop."""
+def summarise(table, run, rungs, total, shares=None) -> None:
+    """Kendall tau per proxy and rung; which full-score front layers each hurdle would stop
+    (at the default share, or at each of `shares`)."""
     from scipy.stats import kendalltau
 
     from search.config import build_config
@@ -86,8 +88,8 @@ def summarise(table, run, rungs, total) -> None:
     full = table[[f"{a}@{total}" for a in archs]].to_numpy()
     front = set(table["id"][pareto_mask(full, ["max"] * 3)])
     defaults = build_config()
-    for steps in rungs:
-        hurdles = Hurdles(1, defaults.hurdle_share, defaults.hurdle_window)
+    for steps, share in [(s, h) for s in rungs for h in shares or [defaults.hurdle_share]]:
+        hurdles = Hurdles(1, share, defaults.hurdle_window)
         stopped = []
         for _, r in table.iterrows():
             point = [r[f"{a}@{steps}"] for a in archs]
@@ -95,7 +97,7 @@ def summarise(table, run, rungs, total) -> None:
                 stopped.append(int(r["id"]))
             hurdles.add(0, point)
         lost = sorted(front & set(stopped))
-        print(f"hurdle at {steps} steps: stops {len(stopped)} of {len(table)} "
+        print(f"hurdle at {steps} steps, share {share}: stops {len(stopped)} of {len(table)} "
               f"(saves {len(stopped) * (1 - steps / total):.1f} full trainings); "
               f"of the {len(front)} full-score front layers it stops {len(lost)} {lost}")
 
@@ -126,10 +128,10 @@ def search(args) -> None:
     report(out, list(arms))
 
 
-def summarise_table(table, run) -> None:
+def summarise_table(table, run, shares=None) -> None:
     """`summarise` with the rungs and the full budget read from the table's `arch@steps` columns."""
     steps = sorted({int(c.split("@")[1]) for c in table.columns if "@" in c})
-    summarise(table, run, steps[:-1], steps[-1])
+    summarise(table, run, steps[:-1], steps[-1], shares)
 
 
 def run_table(run_dir: Path):
@@ -198,10 +200,16 @@ def main() -> None:
     p.add_argument("--out", default="results/fidelity")
     t = sub.add_parser("summary", help="part 1's table again, from --save CSVs (of split work)")
     t.add_argument("csv", nargs="+")
+    y = sub.add_parser("replay", help="part 1's table from a finished run's own rung scores, no training")
+    y.add_argument("run")
+    y.add_argument("--shares", type=float, nargs="+", default=[0.5, 0.3, 0.1])
     args = parser.parse_args(sys.argv[1:] or ["rank"])
     if args.part == "summary":
         import pandas as pd
         summarise_table(pd.concat([pd.read_csv(f) for f in args.csv]).sort_values("id"), " + ".join(args.csv))
+        return
+    if args.part == "replay":
+        summarise_table(run_table(Path(args.run)).sort_values("id"), args.run, args.shares)
         return
     {"rank": rank, "search": search, "resume": search, "report": lambda a: report(Path(a.out), ["hurdles", "no-hurdles"])}[
         args.part or "rank"](args)

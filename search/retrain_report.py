@@ -36,6 +36,21 @@ def finite_accs(rows, layer, arch) -> list[float]:
             and r["test_acc"] is not None and math.isfinite(r["test_acc"])]
 
 
+def mean_se(rows, layer, arch) -> tuple[float, float] | None:
+    """A layer's mean test accuracy on a proxy over the seeds and its standard error (0 with
+    one seed), or None when no seed gave a finite accuracy."""
+    accs = finite_accs(rows, layer, arch)
+    if not accs:
+        return None
+    return statistics.mean(accs), (statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else 0.0)
+
+
+def proxies(rows) -> tuple[list[str], list[str]]:
+    """(searched proxies, held-out proxies) of the rows, in the order `retrain` wrote them."""
+    return (list(dict.fromkeys(r["arch"] for r in rows if not r.get("held_out"))),
+            list(dict.fromkeys(r["arch"] for r in rows if r.get("held_out"))))
+
+
 def versus(rows, archs, reference: str = REFERENCE) -> list[dict]:
     """{layer, arch, diff, se, verdict} for every other layer and proxy: diff is the layer's
     mean test accuracy minus the reference's; verdict is "better" or "worse" beyond two
@@ -113,8 +128,7 @@ def versus_table(rows, archs, reference: str = REFERENCE) -> str:
 def report(rows, mode: str = "batch") -> str:
     """The accuracy table and one comparison per reference of `mode`, for rows in the order
     `retrain` writes them (searched proxies, then the held-out ones)."""
-    archs = list(dict.fromkeys(r["arch"] for r in rows if not r.get("held_out")))
-    held_out = list(dict.fromkeys(r["arch"] for r in rows if r.get("held_out")))
+    archs, held_out = proxies(rows)
     parts = [table(rows, archs + held_out, held_out)]
     parts += [versus_table(rows, archs + held_out, ref) for ref in REFERENCES.get(mode, (REFERENCE,))]
     return "\n\n".join(parts)

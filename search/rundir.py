@@ -187,6 +187,24 @@ class Run:
         return objectives_of(self.info)
 
     @property
+    def mode(self) -> str:
+        """The search mode the run was made in (batch, sample or polynomial)."""
+        return (self.info.get("config") or {}).get("mode", "batch")
+
+    @property
+    def retrain_path(self) -> Path:
+        """Where `evonorm retrain` writes its table unless told otherwise."""
+        return self.dir / "retrain.parquet"
+
+    def retrain_rows(self) -> list[dict] | None:
+        """The rows of the run's finished retrain, or None before one finished."""
+        if not self.retrain_path.exists():
+            return None
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.retrain_path).to_pylist()
+
+    @property
     def candidates(self):
         """Every record as a pandas DataFrame, id order, index reset."""
         if self._frame is None:

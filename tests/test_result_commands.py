@@ -183,6 +183,53 @@ def test_plot_writes_png(request, capsys, tmp_path, fixture):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def _retrain_rows(scores):
+    """retrain.parquet rows from {layer: {arch: [test accuracy per seed]}} (plainnet held out)."""
+    return [{"layer": layer, "source": "front", "formula": layer, "arch": arch, "held_out": arch == "plainnet",
+             "seed": seed, "lr": 0.1, "test_acc": acc, "transfer_gap": None}
+            for layer, per_arch in scores.items() for arch, accs in per_arch.items()
+            for seed, acc in enumerate(accs, 1)]
+
+
+def test_retrain_panel_draws_mean_and_standard_error_per_layer_and_proxy():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from search.commands.plot import _retrain_panel
+
+    rows = _retrain_rows({"#3": {"resnet": [0.86, 0.87, 0.88], "plainnet": [0.80, 0.80, 0.83]},
+                          "bn-relu": {"resnet": [0.88, 0.88, 0.88], "plainnet": [0.81, 0.82, 0.83]},
+                          "dead": {"resnet": [0.10, 0.10, 0.10], "plainnet": [0.10, float("nan"), 0.10]}})
+    fig, ax = plt.subplots()
+    _retrain_panel(ax, rows, ["bn-relu"])
+    bars = {c.get_label(): c for c in ax.containers}
+    assert set(bars) == {"#3", "bn-relu (reference)", "dead"}
+    line = bars["#3"].lines[0]
+    assert line.get_ydata() == pytest.approx([87.0, 81.0])
+    assert [round(x) for x in line.get_xdata()] == [0, 1]   # beside the searched proxy's tick, then the held-out one
+    assert bars["bn-relu (reference)"].lines[0].get_markerfacecolor() == "white"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet", "plainnet\n(held out)"]
+    lo, hi = ax.get_ylim()
+    assert lo > 60 and hi > 88          # the dead layer at 10% does not flatten the others...
+    assert any("2 mean(s) below the axes" in t.get_text() for t in ax.texts)   # ...and is counted
+    plt.close(fig)
+
+
+def test_plot_adds_the_retrain_panel_when_the_run_was_retrained(capsys, tmp_path, small_run, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from search.commands import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "_retrain_panel", lambda ax, rows, refs: drawn.append((len(rows), tuple(refs))))
+    assert cli(capsys, "plot", small_run, "-o", tmp_path / "a.png")[0] == 0 and drawn == []
+    pq.write_table(pa.Table.from_pylist(_retrain_rows({"#1": {"resnet": [0.8, 0.81]}})), small_run / "retrain.parquet")
+    assert cli(capsys, "plot", small_run, "-o", tmp_path / "b.png")[0] == 0
+    assert drawn == [(2, ("bn-relu",))]
+
+
 def test_plot_single_proxy_and_empty_run(capsys, tmp_path, run_factory):
     one = run_factory(n=20, archs=("resnet",))
     assert cli(capsys, "plot", one, "-o", tmp_path / "one.png")[0] == 0

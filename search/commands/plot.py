@@ -6,6 +6,7 @@ from pathlib import Path
 from primitives.util import is_missing
 from search.cli import UsageError
 from search.files import check_writable_file, write_atomic
+from search.retrain_report import REFERENCE, REFERENCES
 
 STATUS_COLORS = {"ok": "#2a9d3f", "invalid": "#9e9e9e", "duplicate": "#b0b7c3", "equivalent": "#8fa3bf",
                  "unstable": "#e07b39", "low_quality": "#d4a017", "failed": "#c0392b"}
@@ -103,7 +104,8 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     accs = run.acc_columns
     ok = df[df["status"] == "ok"]
     pairs = list(itertools.combinations(accs, 2)) or [(accs[0], "params_per_channel")]
-    n_panels = len(pairs) + 3
+    retrained = run.retrain_rows()
+    n_panels = len(pairs) + 3 + bool(retrained)
     ncols = 2 if n_panels <= 4 else 3
     nrows = -(-n_panels // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 5.0 * nrows), squeeze=False)
@@ -112,13 +114,15 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
         ax.axis("off")
     front_ids = set(run.front()["id"].tolist())
     baselines = dict(run.info.get("baselines")) if isinstance(run.info.get("baselines"), dict) else {}
-    baselines.update({k: v for k, v in _recorded_baselines(df, accs).items() if k not in baselines})
+    baselines.update({k: v for k, v in _recorded_baselines(df, accs, run.mode).items() if k not in baselines})
     for ax, (cx, cy) in zip(axes, pairs):
         _front_panel(ax, ok, cx, cy, front_ids, baselines)
     xs, best, hv, ref = progress(run)
     _best_panel(axes[len(pairs)], xs, best, accs)
     _hypervolume_panel(axes[len(pairs) + 1], xs, hv, ref, run.objectives)
     _funnel_panel(axes[len(pairs) + 2], df)
+    if retrained:
+        _retrain_panel(axes[len(pairs) + 3], retrained, REFERENCES.get(run.mode, (REFERENCE,)))
     fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
                  f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -242,6 +246,45 @@ def _funnel_panel(ax, df) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
+def _retrain_panel(ax, rows, references) -> None:
+    """The retrain's test accuracies, per proxy: each layer's mean over the seeds ± one
+    standard error, the mode's references hollow, so the verdicts `evonorm show` prints
+    (a difference beyond two standard errors) can be seen. Layers far below the best
+    (a failed unit at chance) would flatten the rest: they fall below the axes, counted."""
+    from search.retrain_report import mean_se, proxies, reference_name
+
+    archs, held_out = proxies(rows)
+    archs += held_out
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    refs = {reference_name(rows, ref) for ref in references}
+    width, means = 0.8 / len(layers), []
+    for i, layer in enumerate(layers):
+        points = [(j - 0.4 + (i + 0.5) * width, *ms) for j, arch in enumerate(archs)
+                  if (ms := mean_se(rows, layer, arch)) is not None]
+        if not points:
+            continue
+        xs, ys, ses = zip(*points)
+        means += [100 * y for y in ys]
+        hollow = layer in refs
+        ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in ses], fmt="s" if hollow else "o",
+                    capsize=3, markersize=6, mfc="white" if hollow else None,
+                    label=f"{layer} (reference)" if hollow else layer)
+    if means:
+        top = max(means) + 1.0
+        bottom = max(min(means), top - 16.0) - 1.0
+        ax.set_ylim(bottom, top)
+        below = sum(m < bottom for m in means)
+        if below:
+            ax.text(0.99, 0.01, f"{below} mean(s) below the axes", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=8, color="#555555")
+    ax.set_xticks(range(len(archs)), [a + ("\n(held out)" if a in held_out else "") for a in archs])
+    ax.set_ylabel("test accuracy % (mean ± SE)", fontsize=11)
+    seeds = len({r["seed"] for r in rows})
+    ax.set_title(f"Retrain: {len(layers)} layers, {seeds} seeds", fontsize=12)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # the next cell is always free
+    ax.grid(axis="y", alpha=0.3)
+
+
 def image_output(path) -> tuple[Path, str]:
     """(path, format) of an image to write, checked before any work: it ends in .png, .pdf
     or .svg (a UsageError) and can be written there (an UnwritableError)."""
@@ -264,14 +307,14 @@ def run(args) -> int:
     return 0
 
 
-def _recorded_baselines(df, accs) -> dict:
-    """Scores of the baseline layers (BN-ReLU, GN-ReLU, EvoNorm-B0/S0) where the run
-    trained them itself, e.g. as seeds of its first population."""
+def _recorded_baselines(df, accs, mode: str = "batch") -> dict:
+    """Scores of the mode's baseline layers (batch: BN-ReLU, GN-ReLU, EvoNorm-B0/S0) where
+    the run trained them itself, e.g. as seeds of its first population."""
     from primitives import parse
-    from primitives.library import BASELINES, REFERENCE_LAYERS
+    from primitives.library import REFERENCE_LAYERS, baselines
 
     out = {}
-    for name in BASELINES:
+    for name in baselines(mode):
         rows = df[(df["graph_hash"] == parse(REFERENCE_LAYERS[name]).hash) & (df["status"] == "ok")]
         if len(rows):
             out[name] = {c: float(rows.iloc[0][c]) for c in accs if not is_missing(rows.iloc[0][c])}

@@ -95,7 +95,7 @@ def run(args) -> int:
     if plan["steps"] < 1:
         raise UsageError("--steps must be positive")
     archs = list(args.archs or run_.archs)
-    output = Path(args.output or run_.dir / "retrain.parquet")
+    output = Path(args.output or run_.retrain_path)
     check_writable_file(output)  # before hours of training, not after
     layers = _layers(run_, args.top, not args.no_baselines)
     if not layers:
@@ -133,7 +133,7 @@ def run(args) -> int:
     _add_transfer_gaps(rows, held_out)
     _write(output, rows)
     journal.remove()
-    print(report(rows, config.get("mode", "batch")))
+    print(report(rows, run_.mode))
     print(f"\nwrote {output} ({len(rows)} trainings)", file=sys.stderr)
     return 0
 
@@ -180,7 +180,7 @@ def _layers(run_, top: int, baselines: bool) -> list[dict]:
             layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
                            "candidate_id": int(row["id"]), "source": "front"})
     if baselines:
-        for name in baselines_of(run_.info.get("config", {}).get("mode", "batch")):
+        for name in baselines_of(run_.mode):
             graph = parse(REFERENCE_LAYERS[name])
             if graph.hash not in seen:
                 layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})

@@ -138,14 +138,11 @@ def _accounting(args) -> int:
         raise UsageError("--graph draws one candidate's graph: give its ID")
     run = load(args.run_dir)
     print("\n".join([f"run {run.dir}", *account(run.candidates).lines()]))
-    retrained = run.dir / "retrain.parquet"
-    if retrained.exists():
-        import pyarrow.parquet as pq
-
+    rows = run.retrain_rows()
+    if rows is not None:
         from search.retrain_report import report
 
-        mode = (run.info.get("config") or {}).get("mode", "batch")
-        print(f"\nretrain ({retrained})\n" + report(pq.read_table(retrained).to_pylist(), mode))
+        print(f"\nretrain ({run.retrain_path})\n" + report(rows, run.mode))
     return 0
 
 

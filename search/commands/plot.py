@@ -264,9 +264,10 @@ def _retrain_panel(ax, rows, references) -> None:
         if not points:
             continue
         xs, ys, ses = zip(*points)
-        means += [100 * y for y in ys]
+        ys = [100 * y for y in ys]
+        means += ys
         hollow = layer in refs
-        ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in ses], fmt="s" if hollow else "o",
+        ax.errorbar(xs, ys, yerr=[100 * e for e in ses], fmt="s" if hollow else "o",
                     capsize=3, markersize=6, mfc="white" if hollow else None,
                     label=f"{layer} (reference)" if hollow else layer)
     if means:

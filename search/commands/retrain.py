@@ -29,7 +29,6 @@ processes (one torch thread each); rows still come back in layer order.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path

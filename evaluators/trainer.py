@@ -106,6 +106,7 @@ class TrainConfig:
     threads: int | None = None           # torch intra-op threads during this training (restored after)
     poly_lr: float = 0.003               # poly unit coefficients: this times lr, no weight decay
     rational_lr: float = 0.01            # rational unit coefficients: this times lr, no weight decay
+    grad_clip: float | None = 1.0        # clip the global gradient norm to this (None: never), see README
 
     def __post_init__(self):
         problems = []
@@ -132,6 +133,9 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 problems.append(f"{key} must lie in [0, 1], got {v!r}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not self.grad_clip > 0):
+            problems.append(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             problems.append(f"threads must be a positive integer or None, got {self.threads!r}")
@@ -213,10 +217,10 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     for name, p in model.named_parameters():
         kind = unit_of(name)
         (units[kind] if kind else rest).append(p)
-    return [{"params": [p for p in rest if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0},
-            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0},
-            {"params": units["poly"], "weight_decay": 0.0, "lr_scale": config.poly_lr},
-            {"params": units["rational"], "weight_decay": 0.0, "lr_scale": config.rational_lr}]
+    return [{"params": [p for p in rest if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0, "clip": True},
+            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0, "clip": True},
+            {"params": units["poly"], "weight_decay": 0.0, "lr_scale": config.poly_lr, "clip": False},
+            {"params": units["rational"], "weight_decay": 0.0, "lr_scale": config.rational_lr, "clip": False}]
 
 
 def _compile(model: nn.Module):
@@ -363,14 +367,27 @@ def _step_function(opt, scaler, amp_dtype, config, device) -> Callable:
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            _clip(opt, config.grad_clip)
             scaler.step(opt)
             scaler.update()
         else:
             loss.backward()
+            _clip(opt, config.grad_clip)
             opt.step()
         return loss.detach()
 
     return run_step
+
+
+def _clip(opt, max_norm: float | None) -> None:
+    """Bound the network's step at the one search rate: layers at the edge of stability
+    (GN-ReLU, LN-GELU, PolyNorm on the mobile proxies) spiked at the warm-up's peak and
+    never recovered. Unit coefficients are left out: their own small rates bound them, and
+    a rational's large gradients would otherwise shrink the whole network's step (README)."""
+    if max_norm is not None:
+        params = [p for g in opt.param_groups if g.get("clip", True) for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
 def _loop(run: _Run, net, model, run_step, opt, batches, end, config, device, progress):

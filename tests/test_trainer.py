@@ -131,10 +131,29 @@ def test_config_validation_and_schedule():
         TrainConfig(compile="sometimes")
     with pytest.raises(ValueError, match="augment"):
         TrainConfig(augment="sometimes")
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainConfig(grad_clip=0)
     c = TrainConfig(steps=100, lr=0.2, warmup_fraction=0.1)
     assert c.lr_at(0) == pytest.approx(0.02) and c.lr_at(9) == pytest.approx(0.2)
     assert c.lr_at(10) == pytest.approx(0.2) and c.lr_at(99) < 0.001
     assert all(c.lr_at(i) >= c.lr_at(i + 1) for i in range(10, 99))
+
+
+@pytest.mark.parametrize("clip", [None, 1.0, 1e-3])
+def test_gradient_norm_clipping_bounds_the_update(clip):
+    # plain SGD: the update is lr times the (clipped) gradient, so its norm shows the clipping
+    from evaluators.trainer import _step_function
+    torch.manual_seed(0)
+    net = nn.Linear(20, 10)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    x, y = 100 * torch.randn(64, 20), torch.randint(0, 10, (64,))
+    _step_function(opt, None, None, TrainConfig(grad_clip=clip), torch.device("cpu"))(net, x, y)
+    moved = float((torch.cat([p.detach().flatten() for p in net.parameters()]) - before).norm())
+    if clip is None:
+        assert moved > 10                   # unclipped: the large input makes a large gradient
+    else:
+        assert clip * 0.99 < moved <= clip * 1.01
 
 
 def test_compile_auto_rule():
@@ -169,11 +188,7 @@ def test_train_and_score_directly(synthetic):
 # one thread each: not strict, since a blow-up that depends on rounding may not happen with
 # another thread count (an XPASS is reported, not failed).
 _SHORTFALLS = {
-    ("efficientnet", "gn-relu"): "69.8%: at chance (10.4%) still after 102 steps, a slow start",
-    ("mobilenetv2", "ln-gelu"): "75.8%",
-    ("mobilenetv2", "polynorm"): "below 80% (measured this stop, one thread)",
-    ("efficientnet", "polynorm"): "below 80% (measured this stop, one thread)",
-    ("resnet", "bn-square"): "10.5%: the square does not learn at lr 0.1",
+    ("resnet", "bn-square"): "15%: the square does not learn at lr 0.1, clipped or not",
     ("mobilenetv2", "bn-square"): "non-finite output in evaluation",
     ("efficientnet", "bn-square"): "non-finite output in evaluation",
 }
@@ -201,10 +216,11 @@ def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
 
 # measured: more than 2 points below BN-ReLU (README, "Polynomial and rational units")
 _BELOW_TWO_POINTS = {
-    ("efficientnet", "bn-rational"): "more than 2 points below BN-ReLU",
-    ("resnet", "bn-poly"): "the gentle start: 81.6% against BN-ReLU's 88.5%",
-    ("mobilenetv2", "bn-poly"): "the gentle start: 83.6% against 86.8%",
-    ("efficientnet", "bn-poly"): "the gentle start: 84.0% against 87.6%",
+    ("mobilenetv2", "bn-rational"): "83.9% against BN-ReLU's 86.5% (86.7% before gradient clipping)",
+    ("efficientnet", "bn-rational"): "borderline: 85.8% against 87.6% with clipping, 84.5% before",
+    ("resnet", "bn-poly"): "the gentle start: 82.1% against BN-ReLU's 88.7%",
+    ("mobilenetv2", "bn-poly"): "the gentle start: 83.6% against 86.5%",
+    ("efficientnet", "bn-poly"): "the gentle start: 83.9% against 87.6%",
 }
 
 

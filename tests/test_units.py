@@ -190,6 +190,8 @@ def test_unit_coefficients_get_their_own_rates_and_no_weight_decay():
     units = {id(p) for p in poly["params"] + rational["params"]}
     assert not units & {id(p) for p in groups[0]["params"]}  # 2-D coefficients are not "weights"
     assert groups[0]["weight_decay"] > 0 and all(p.ndim > 1 for p in groups[0]["params"])
+    # the gradient clip bounds the network's step; the units' own small rates bound theirs
+    assert [g["clip"] for g in groups] == [True, True, False, False]
     assert sum(len(gr["params"]) for gr in groups) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="poly_lr"):
         TrainConfig(poly_lr=2.0)

@@ -106,7 +106,7 @@ class TrainConfig:
     threads: int | None = None           # torch intra-op threads during this training (restored after)
     poly_lr: float = 0.003               # poly unit coefficients: this times lr, no weight decay
     rational_lr: float = 0.01            # rational unit coefficients: this times lr, no weight decay
-    grad_clip: float | None = 1.0        # clip the global gradient norm to this (None: never), see README
+    grad_clip: float | None = 1.0        # clip the network's gradient norm (not unit coefficients'); None: never
 
     def __post_init__(self):
         problems = []

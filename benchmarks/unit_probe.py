@@ -57,6 +57,31 @@ def recalibrate(model, batches) -> None:
         model.eval()
 
 
+def boundary_penalty(model, bound: float, weight: float) -> None:
+    """A range penalty on every position's training output, added to the trainer's loss
+    (after Al Hossain and Rahman 2025's boundary loss): outputs beyond `bound` cost their
+    squared excess, so tails that compound from position to position are pushed back."""
+    import types
+    import torch.nn.functional as F
+    pending = []
+
+    def hook(module, inputs, out):
+        if module.training:
+            pending.append((out.float().abs() - bound).relu().square().mean())
+
+    for m in positions(model):
+        m.register_forward_hook(hook)
+
+    def cross_entropy(logits, target, **kw):
+        loss = F.cross_entropy(logits, target, **kw)
+        if pending:
+            loss = loss + weight * torch.stack(pending).mean()
+            pending.clear()
+        return loss
+
+    T.F = types.SimpleNamespace(cross_entropy=cross_entropy)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("arch")
@@ -68,6 +93,8 @@ def main() -> None:
                         help="poly coefficients' rate, times --lr")
     parser.add_argument("--grad-clip", type=float, default=T.TrainConfig().grad_clip)
     parser.add_argument("--warmup", type=float, default=T.TrainConfig().warmup_fraction)
+    parser.add_argument("--boundary", type=float, nargs=2, metavar=("BOUND", "WEIGHT"),
+                        help="add WEIGHT * mean over positions of mean(relu(|y| - BOUND) ** 2) to the loss")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset("fashion-mnist", download=False)
@@ -77,6 +104,8 @@ def main() -> None:
     batches = ds.train_batches(128, torch.Generator().manual_seed(1), None)
     probe = [next(batches)[0] for _ in range(10)]
     print(f"{args.arch}  {graph}  lr {args.lr}  poly lr {args.poly_lr}")
+    if args.boundary:
+        boundary_penalty(model, *args.boundary)
     print("at init, per position: std / max|y|  " + "  ".join(f"{s:.2g}/{m:.3g}" for s, m in at_init(model, probe[0])))
     result = T.train_and_score(model, ds, T.TrainConfig(compile=False, threads=1, lr=args.lr, seed=args.seed,
                                                  steps=args.steps, poly_lr=args.poly_lr,

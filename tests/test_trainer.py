@@ -188,7 +188,10 @@ def test_train_and_score_directly(synthetic):
 # one thread each: not strict, since a blow-up that depends on rounding may not happen with
 # another thread count (an XPASS is reported, not failed).
 _SHORTFALLS = {
-    ("resnet", "bn-square"): "15%: the square does not learn at lr 0.1, clipped or not",
+    # the square baseline: a reference point for polynomial mode, not held to the goal (README,
+    # "Polynomial and rational units": escaping activations; a boundary penalty reached 79.7% on
+    # resnet only)
+    ("resnet", "bn-square"): "15%: the square does not learn at lr 0.1 or 0.01, clipped or not",
     ("mobilenetv2", "bn-square"): "non-finite output in evaluation",
     ("efficientnet", "bn-square"): "non-finite output in evaluation",
 }

@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=T.TrainConfig().steps)
     parser.add_argument("--poly-lr", type=float, default=T.TrainConfig().poly_lr,
                         help="poly coefficients' rate, times --lr")
+    parser.add_argument("--rational-lr", type=float, default=T.TrainConfig().rational_lr,
+                        help="rational coefficients' rate, times --lr")
     parser.add_argument("--grad-clip", type=float, default=T.TrainConfig().grad_clip)
     parser.add_argument("--warmup", type=float, default=T.TrainConfig().warmup_fraction)
     parser.add_argument("--boundary", type=float, nargs=2, metavar=("BOUND", "WEIGHT"),
@@ -108,7 +110,7 @@ def main() -> None:
         boundary_penalty(model, *args.boundary)
     print("at init, per position: std / max|y|  " + "  ".join(f"{s:.2g}/{m:.3g}" for s, m in at_init(model, probe[0])))
     result = T.train_and_score(model, ds, T.TrainConfig(compile=False, threads=1, lr=args.lr, seed=args.seed,
-                                                 steps=args.steps, poly_lr=args.poly_lr,
+                                                 steps=args.steps, poly_lr=args.poly_lr, rational_lr=args.rational_lr,
                                                  grad_clip=args.grad_clip, warmup_fraction=args.warmup), "cpu")
     print("loss every 25 steps  " + " ".join(f"{v:.2f}" for v in result.losses[::25]))
     print(f"val accuracy  {result.accuracy}  {result.reason or ''}")

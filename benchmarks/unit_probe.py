@@ -57,6 +57,16 @@ def recalibrate(model, batches) -> None:
         model.eval()
 
 
+def share_unit_coefficients(model) -> None:
+    """Channels start with equal coefficients (the identity); averaging each step's gradient
+    over channels keeps them equal: one shared unit per position, as KAT shares a rational
+    across a group of channels."""
+    from primitives.codegen import unit_of
+    for name, p in model.named_parameters():
+        if unit_of(name):
+            p.register_hook(lambda g: g.mean(dim=1, keepdim=True).expand_as(g).contiguous())
+
+
 def boundary_penalty(model, bound: float, weight: float) -> None:
     """A range penalty on every position's training output, added to the trainer's loss
     (after Al Hossain and Rahman 2025's boundary loss): outputs beyond `bound` cost their
@@ -95,6 +105,9 @@ def main() -> None:
                         help="rational coefficients' rate, times --lr")
     parser.add_argument("--grad-clip", type=float, default=T.TrainConfig().grad_clip)
     parser.add_argument("--warmup", type=float, default=T.TrainConfig().warmup_fraction)
+    parser.add_argument("--shared-units", action="store_true",
+                        help="one coefficient set per position (KAT's sharing, one group): each unit "
+                             "coefficient's gradient is replaced by its mean over channels")
     parser.add_argument("--boundary", type=float, nargs=2, metavar=("BOUND", "WEIGHT"),
                         help="add WEIGHT * mean over positions of mean(relu(|y| - BOUND) ** 2) to the loss")
     args = parser.parse_args()
@@ -106,6 +119,8 @@ def main() -> None:
     batches = ds.train_batches(128, torch.Generator().manual_seed(1), None)
     probe = [next(batches)[0] for _ in range(10)]
     print(f"{args.arch}  {graph}  lr {args.lr}  poly lr {args.poly_lr}")
+    if args.shared_units:
+        share_unit_coefficients(model)
     if args.boundary:
         boundary_penalty(model, *args.boundary)
     print("at init, per position: std / max|y|  " + "  ".join(f"{s:.2g}/{m:.3g}" for s, m in at_init(model, probe[0])))

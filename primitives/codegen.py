@@ -342,7 +342,8 @@ def _reductions(source, dims, want_mean, want_var, want_sq, mean, var, sq) -> li
 
 
 # Unit coefficient parameters: poly<k> is (order + 1, C), rational<k>_num (p + 1, C) and
-# rational<k>_den (q, C); row i multiplies e**i (the denominator's row i, |e|**(i + 1)).
+# rational<k>_den (q, C), with 1 for C when shared; row i multiplies e**i (the denominator's
+# row i, |e|**(i + 1)).
 _UNIT_PARAMETER = re.compile(r"(poly\d+|rational\d+_(num|den))")
 
 
@@ -366,12 +367,15 @@ def _horner(coefficients: str, count: int, variable: str) -> str:
 
 
 def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
-    """Learnable per-channel polynomial or pole-free rational, initialised to identity.
+    """Learnable polynomial or pole-free rational, initialised to identity: one coefficient
+    set per channel, or with `shared=1` one for all channels (a single column that
+    broadcasts over them).
 
     The denominator's |b_k| is written `where(b < 0, -b, b)`: the same value, but its
     gradient at b = 0 is 1 where `abs` gives 0, which would keep a denominator that
     starts at zero (the identity) at zero for ever: the unit would stay a polynomial."""
-    identity = lambda n: f"torch.tensor([{', '.join('1.0' if i == 1 else '0.0' for i in range(n))}]).repeat(channels, 1).T.contiguous()"
+    columns = "1" if node.attrs.get("shared") else "channels"
+    identity = lambda n: f"torch.tensor([{', '.join('1.0' if i == 1 else '0.0' for i in range(n))}]).repeat({columns}, 1).T.contiguous()"
     if node.op == "poly":
         n = node.attrs["order"] + 1
         name = f"poly{index}"
@@ -381,7 +385,7 @@ def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
     p, q = node.attrs["p"] + 1, node.attrs["q"]
     num, den = f"rational{index}_num", f"rational{index}_den"
     m.params[num] = identity(p)
-    m.params[den] = f"torch.zeros({q}, channels)"
+    m.params[den] = f"torch.zeros({q}, {columns})"
     m.prologue.append(f"{num} = self.{num}.view(({p},) + pshape)")
     m.prologue.append(f"{den} = torch.where(self.{den} < 0, -self.{den}, self.{den}).view(({q},) + pshape)")
     m.body.append(f"a{index} = abs({arg})")

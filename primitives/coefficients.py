@@ -66,8 +66,11 @@ def coefficient_table(graph: Graph, state_dict: dict | None = None, channels: in
 
 
 def _channels_of(state_dict: dict) -> int:
-    """The channel count: the last dimension of any parameter or buffer (all are (C,) or (k, C))."""
+    """The channel count: the last dimension of any parameter or buffer (all are (C,) or (k, C),
+    but a shared unit's (k, 1))."""
     sizes = {v.shape[-1] for v in state_dict.values() if torch.is_tensor(v) and v.dim() >= 1}
+    if len(sizes) > 1:
+        sizes.discard(1)
     if len(sizes) != 1:
         raise ValueError(f"cannot tell the channel count from the state_dict (sizes {sorted(sizes)})")
     return sizes.pop()

@@ -181,7 +181,7 @@ def node_label(node) -> str:
     if spec.kind in ("infix", "prefix"):
         return spec.symbol
     keywords = [f"{key}={format_number(float(node.attrs[key]))}" for key, kw in spec.keywords.items()
-                if node.attrs[key] != kw.default]
+                if node.attrs.get(key, kw.default) != kw.default]
     return f"{node.op}({', '.join(keywords)})" if keywords else node.op
 
 
@@ -238,6 +238,6 @@ def _print_node(node, args) -> tuple[str, int]:
         return f"{left} {spec.symbol} {right}", spec.precedence
     parts = [text for text, _ in args]
     for key, kw in spec.keywords.items():
-        if node.attrs[key] != kw.default:
+        if node.attrs.get(key, kw.default) != kw.default:
             parts.append(f"{key}={format_number(float(node.attrs[key]))}")
     return f"{node.op}({', '.join(parts)})", _ATOM

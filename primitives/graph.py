@@ -59,7 +59,8 @@ def _canonical_attrs(op: Op, attrs: dict) -> dict:
         problem = kw.check(value)
         if problem:
             raise GraphError(f"{op.name}: {key} {problem}, got {value!r}")
-        out[key] = kw.type(value)
+        if not (kw.optional and value == kw.default):
+            out[key] = kw.type(value)
     return out
 
 
@@ -278,7 +279,8 @@ class Graph:
                 out.append(MOMENT_SHAPE[n.spec.axis])
             else:
                 shape = frozenset().union(*(out[j] for j in n.inputs))
-                out.append(shape | frozenset("C") if n.spec.kind == "unit" else shape)
+                per_channel = n.spec.kind == "unit" and not n.attrs.get("shared")  # its coefficients vary over C
+                out.append(shape | frozenset("C") if per_channel else shape)
         return tuple(out)
 
     @cached_property

@@ -35,12 +35,15 @@ MOMENT_SHAPE = {
 
 @dataclass(frozen=True)
 class Keyword:
-    """A keyword argument: its type, default and allowed closed range."""
+    """A keyword argument: its type, default and allowed closed range. An `optional` one
+    (added after graphs were first hashed) is left out of a node's attributes at its
+    default, so the canonical form, and hash, of every graph that does not use it stand."""
 
     type: type
     default: float | int
     low: float | int
     high: float | int
+    optional: bool = False
 
     def check(self, value) -> str | None:
         """Return why `value` is not allowed, or None."""
@@ -59,6 +62,9 @@ POW_K = Keyword(int, 2, 2, 9)
 ORDER = Keyword(int, 3, 1, 9)
 RATIONAL_P = Keyword(int, 5, 1, 9)
 RATIONAL_Q = Keyword(int, 4, 1, 9)
+# shared=1: one coefficient set for all of a layer's channels instead of one per channel
+# (KAT's group-shared rationals, with one group): README, "Polynomial and rational units"
+SHARED = Keyword(int, 0, 0, 1, optional=True)
 
 
 def _poly_degree(degrees, attrs):
@@ -187,10 +193,10 @@ _ENTRIES = [
     Op("max", 2, "call", "torch.maximum({0}, {1})", torch.maximum, _no_degree, commutative=True),
     Op("min", 2, "call", "torch.minimum({0}, {1})", torch.minimum, _no_degree, commutative=True),
     *_moments(),
-    Op("poly", 1, "unit", degree=_poly_degree, keywords={"order": ORDER},
-       learnable=lambda a: a["order"] + 1),
-    Op("rational", 1, "unit", degree=_no_degree, keywords={"p": RATIONAL_P, "q": RATIONAL_Q},
-       learnable=lambda a: a["p"] + 1 + a["q"]),
+    Op("poly", 1, "unit", degree=_poly_degree, keywords={"order": ORDER, "shared": SHARED},
+       learnable=lambda a: 0 if a.get("shared") else a["order"] + 1),
+    Op("rational", 1, "unit", degree=_no_degree, keywords={"p": RATIONAL_P, "q": RATIONAL_Q, "shared": SHARED},
+       learnable=lambda a: 0 if a.get("shared") else a["p"] + 1 + a["q"]),
 ]
 
 OPS: dict[str, Op] = {op.name: op for op in _ENTRIES}

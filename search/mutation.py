@@ -161,7 +161,7 @@ def _mutate_keyword(objs, output, rng, mode):
         node.attrs["value"] = rng.choice([c for c in CONSTANTS if c != value] + [value * rng.choice((0.5, 2.0, -1.0))])
     else:
         key = rng.choice(sorted(OPS[node.op].keywords))
-        menu = [v for v in KEYWORD_MENU[key] if v != node.attrs.get(key)]
+        menu = [v for v in KEYWORD_MENU[key] if v != node.attrs.get(key, OPS[node.op].keywords[key].default)]
         if not menu:
             return None
         node.attrs[key] = rng.choice(menu)

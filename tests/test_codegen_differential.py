@@ -189,18 +189,20 @@ def _unit_coefficients(module, graph):
 
 def _design_start(graph, channels):
     """The parameters the formula language prescribes at construction: named vectors at their start
-    values, poly and rational units at the identity (a1 = 1, every other coefficient 0)."""
+    values, poly and rational units at the identity (a1 = 1, every other coefficient 0), per channel
+    or, shared, one column."""
     vectors = {n.attrs["name"]: torch.full((channels,), VECTOR_START[n.attrs["name"]], dtype=torch.float64)
                for n in graph.nodes if n.op == "param"}
     units = []
     for n in graph.nodes:
         if n.spec.kind == "unit":
             count = n.attrs["order"] + 1 if n.op == "poly" else n.attrs["p"] + 1
-            num = torch.zeros(count, channels, dtype=torch.float64)
+            columns = 1 if n.attrs.get("shared") else channels   # shared: one column for every channel
+            num = torch.zeros(count, columns, dtype=torch.float64)
             num[1] = 1.0
             unit = {"num": num}
             if n.op == "rational":
-                unit["den"] = torch.zeros(n.attrs["q"], channels, dtype=torch.float64)
+                unit["den"] = torch.zeros(n.attrs["q"], columns, dtype=torch.float64)
             units.append(unit)
     return vectors, units
 

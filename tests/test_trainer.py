@@ -219,8 +219,6 @@ def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
 
 # measured: more than 2 points below BN-ReLU (README, "Polynomial and rational units")
 _BELOW_TWO_POINTS = {
-    ("mobilenetv2", "bn-rational"): "3 seeds: 84.1% on average against BN-ReLU's 86.6% (spread 82.6-85.9%)",
-    ("efficientnet", "bn-rational"): "borderline: 85.8% against 87.6% with clipping, 84.5% before",
     ("resnet", "bn-poly"): "the gentle start: 82.1% against BN-ReLU's 88.7%",
     ("mobilenetv2", "bn-poly"): "the gentle start: 83.6% against 86.5%",
     ("efficientnet", "bn-poly"): "the gentle start: 83.9% against 87.6%",

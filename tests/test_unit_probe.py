@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import evaluators.trainer as T
 from primitives import compile_layer, parse
-from primitives.library import REFERENCE_LAYERS
 
 _SPEC = importlib.util.spec_from_file_location(
     "unit_probe", Path(__file__).resolve().parent.parent / "benchmarks" / "unit_probe.py")
@@ -17,7 +16,8 @@ _SPEC.loader.exec_module(probe)
 
 
 def _rational_net(channels=4):
-    return torch.nn.Sequential(torch.nn.Conv2d(2, channels, 1), compile_layer(parse(REFERENCE_LAYERS["bn-rational"]), channels))
+    per_channel = "rational((x - batch_mean(x)) / batch_std(x)) * gamma + beta"
+    return torch.nn.Sequential(torch.nn.Conv2d(2, channels, 1), compile_layer(parse(per_channel), channels))
 
 
 def test_shared_units_keep_one_coefficient_set_per_position():

@@ -104,6 +104,7 @@ def _random_state(layer, seed):
     (None, f"poly({BN}, order=4) * gamma + beta * batch_var(x)"),
     (None, "poly(x, order=2) * v1 + (x - batch_mean(x)) ** 3 / batch_rms(x)"),
     (None, f"poly(poly({BN}, order=2) * gamma + beta, order=2)"),
+    (None, f"poly({BN}, shared=1) * gamma + beta"),
 ])
 def test_coefficient_table_reproduces_the_module_in_eval_mode(name, formula):
     g = parse(REFERENCE_LAYERS[name] if name else formula)
@@ -217,3 +218,59 @@ def test_unit_layers_train_on_synthetic_data_without_blowing_up(name):
     assert result.ok, result.reason  # before: non-finite losses within 35 steps at lr 0.1
     if name != "bn-square":  # the square does not learn at lr 0.1 (README), but stays finite
         assert result.accuracy > 0.2, result  # chance is 0.1; BN-ReLU reaches 0.98 here
+
+
+# -- shared units (one coefficient set for all channels) ----------------------------------------
+
+def test_shared_is_an_optional_keyword_that_keeps_older_hashes():
+    shared, plain = parse(f"rational({BN}, shared=1)"), parse(f"rational({BN})")
+    assert str(shared) == f"rational({BN}, shared=1)" and parse(str(shared)) == shared
+    assert parse(f"rational({BN}, shared=0)") == plain and str(plain) == f"rational({BN})"
+    assert shared.hash != plain.hash
+    assert '"shared"' not in plain.to_json()              # the canonical JSON of older graphs stands
+    assert (shared.params_per_channel, plain.params_per_channel) == (0, 10)
+
+
+def test_recorded_unit_layers_keep_their_graph_hash():
+    # records written before `shared` existed: their formulas parse to the hash they were stored with
+    import pyarrow.parquet as pq
+    from pathlib import Path
+    seen = 0
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("results/*/candidates/*.parquet")):
+        table = pq.read_table(path, columns=["formula", "graph_hash"]).to_pylist()
+        for row in table:
+            if row["formula"] and ("poly(" in row["formula"] or "rational(" in row["formula"]):
+                assert parse(row["formula"]).hash == row["graph_hash"], row["formula"]
+                seen += 1
+    assert seen >= 20
+
+
+def test_a_shared_unit_is_one_coefficient_column_for_all_channels():
+    shared = compile_layer(parse(f"rational({BN}, shared=1) * gamma + beta"), 5)
+    per_channel = compile_layer(parse(f"rational({BN}) * gamma + beta"), 5)
+    assert shared.rational0_num.shape == (6, 1) and shared.rational0_den.shape == (4, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name in ("rational0_num", "rational0_den"):
+            getattr(shared, name).copy_(torch.randn(getattr(shared, name).shape))
+            getattr(per_channel, name).copy_(getattr(shared, name).expand(-1, 5))
+    x = torch.randn(4, 5, 3, 3)
+    assert torch.allclose(shared(x), per_channel(x), atol=1e-6)
+
+
+def test_a_shared_unit_steps_on_its_channels_mean_gradient():
+    from evaluators.trainer import TrainConfig, param_groups
+    g = parse(f"rational({BN}, shared=1) * gamma + poly({BN}, shared=1) + poly(x)")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 1), compile_layer(g, 8), torch.nn.Conv2d(8, 4, 1), compile_layer(g, 4))
+    config = TrainConfig(poly_lr=0.002, rational_lr=0.02, shared_boost=5.0)
+    groups = param_groups(net, config)
+    names = {id(p): n for n, p in net.named_parameters()}
+    shared = {names[id(gr["params"][0])]: gr["lr_scale"] for gr in groups[4:]}
+    assert shared == pytest.approx({"1.rational0_num": 0.02 * 5 / 8, "1.rational0_den": 0.02 * 5 / 8,
+                                    "1.poly1": 0.002 * 5 / 8, "3.rational0_num": 0.02 * 5 / 4,
+                                    "3.rational0_den": 0.02 * 5 / 4, "3.poly1": 0.002 * 5 / 4})
+    assert [names[id(p)] for p in groups[2]["params"]] == ["1.poly2", "3.poly2"]   # per channel: as before
+    assert not any(gr["clip"] or gr["weight_decay"] for gr in groups[2:])
+    assert sum(len(gr["params"]) for gr in groups) == len(list(net.parameters()))
+    with pytest.raises(ValueError, match="shared_boost"):
+        TrainConfig(shared_boost=0)

@@ -150,7 +150,7 @@ def _mutate_remove(objs, output, rng, mode):
 
 
 def _mutate_keyword(objs, output, rng, mode):
-    """A keyword (eps, groups, order, p, q, k) or a constant gets another value."""
+    """A keyword (eps, groups, order, p, q, k, shared) or a constant gets another value."""
     tunable = [n for n in objs if n.op == "const" or (n.inputs and OPS[n.op].keywords)]
     if not tunable:
         return None

@@ -65,3 +65,13 @@ def test_modes_reject_what_they_exclude():
     assert not poly.accept(parse("relu(x)"))
     with pytest.raises(ValueError):
         get_mode("nope")
+
+
+def test_keyword_mutation_shares_a_unit_and_unshares_it():
+    per_channel = parse("poly((x - batch_mean(x)) / batch_std(x), order=3) * gamma + beta")
+    shared = parse(REFERENCE_LAYERS["bn-rational"])
+    assert "shared=1" in str(shared)
+    to_shared = {str(mutate(per_channel, random.Random(i), kinds=("keyword",))[0]) for i in range(60)}
+    to_per_channel = {str(mutate(shared, random.Random(i), kinds=("keyword",))[0]) for i in range(60)}
+    assert any("shared=1" in s for s in to_shared)
+    assert any("shared" not in s for s in to_per_channel)

@@ -67,6 +67,22 @@ def share_unit_coefficients(model) -> None:
             p.register_hook(lambda g: g.mean(dim=1, keepdim=True).expand_as(g).contiguous())
 
 
+def bound_poly_coefficients(model, bound: float):
+    """Projected SGD on the units' curvature: after every optimiser step each poly unit's
+    coefficients of e**2 and higher powers are clamped to [-bound, bound], so a unit may
+    learn its curvature but not grow it past what the mobile proxies' chains survive."""
+    from primitives.codegen import unit_of
+    coefficients = [p for name, p in model.named_parameters() if unit_of(name) == "poly"]
+
+    def clamp(optimizer, args, kwargs):
+        with torch.no_grad():
+            for p in coefficients:
+                p[2:].clamp_(-bound, bound)
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    return register_optimizer_step_post_hook(clamp)   # a handle: .remove() ends it
+
+
 def boundary_penalty(model, bound: float, weight: float) -> None:
     """A range penalty on every position's training output, added to the trainer's loss
     (after Al Hossain and Rahman 2025's boundary loss): outputs beyond `bound` cost their
@@ -108,6 +124,8 @@ def main() -> None:
     parser.add_argument("--shared-units", action="store_true",
                         help="one coefficient set per position (KAT's sharing, one group): each unit "
                              "coefficient's gradient is replaced by its mean over channels")
+    parser.add_argument("--poly-bound", type=float, metavar="B",
+                        help="after every step, clamp each poly unit's coefficients of e**2 and up to [-B, B]")
     parser.add_argument("--boundary", type=float, nargs=2, metavar=("BOUND", "WEIGHT"),
                         help="add WEIGHT * mean over positions of mean(relu(|y| - BOUND) ** 2) to the loss")
     args = parser.parse_args()
@@ -121,6 +139,8 @@ def main() -> None:
     print(f"{args.arch}  {graph}  lr {args.lr}  poly lr {args.poly_lr}")
     if args.shared_units:
         share_unit_coefficients(model)
+    if args.poly_bound is not None:
+        bound_poly_coefficients(model, args.poly_bound)
     if args.boundary:
         boundary_penalty(model, *args.boundary)
     print("at init, per position: std / max|y|  " + "  ".join(f"{s:.2g}/{m:.3g}" for s, m in at_init(model, probe[0])))

@@ -55,3 +55,21 @@ def test_boundary_penalty_adds_the_outputs_excess_in_training_only(monkeypatch):
     net.eval()
     net(x)
     assert torch.allclose(T.F.cross_entropy(logits, y), F.cross_entropy(logits, y))  # eval adds nothing
+
+
+def test_poly_bound_clamps_curvature_coefficients_after_every_step():
+    torch.manual_seed(0)
+    layer = compile_layer(parse("poly((x - batch_mean(x)) / batch_std(x), order=3) * gamma + beta"), 3)
+    handle = probe.bound_poly_coefficients(layer, 0.01)
+    try:
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            x = torch.randn(8, 3, 4, 4)
+            (layer(x) * torch.randn_like(x)).sum().backward()
+            opt.step()
+    finally:
+        handle.remove()
+    a = layer.poly0.detach()
+    assert a[2:].abs().max() <= 0.01 and a[2:].abs().max() > 0      # clamped, not frozen
+    assert (a[:2] - torch.tensor([[0.0], [1.0]])).abs().max() > 0.01  # e**0 and e**1 free

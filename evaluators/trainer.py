@@ -222,7 +222,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     `config.shared_boost` times faster than a per-channel unit: shared, the rational
     trained best at ten times the per-channel rate (README)."""
     rate = {"poly": config.poly_lr, "rational": config.rational_lr}
-    units = {"poly": [], "rational": []}
+    units = {kind: [] for kind in rate}
     rest, shared = [], []
     for name, p in model.named_parameters():
         kind = unit_of(name)
@@ -234,8 +234,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
             (units[kind] if kind else rest).append(p)
     return [{"params": [p for p in rest if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0, "clip": True},
             {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0, "clip": True},
-            {"params": units["poly"], "weight_decay": 0.0, "lr_scale": config.poly_lr, "clip": False},
-            {"params": units["rational"], "weight_decay": 0.0, "lr_scale": config.rational_lr, "clip": False},
+            *({"params": units[kind], "weight_decay": 0.0, "lr_scale": rate[kind], "clip": False} for kind in units),
             *shared]
 
 

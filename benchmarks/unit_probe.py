@@ -108,6 +108,35 @@ def boundary_penalty(model, bound: float, weight: float) -> None:
     T.F = types.SimpleNamespace(cross_entropy=cross_entropy)
 
 
+class ReluBlend(torch.nn.Module):
+    """A layer position that starts as BN-ReLU and hands over to the polynomial layer
+    (Baruch et al. 2022's gradual replacement): lam * twin(x) + (1 - lam) * layer(x),
+    lam falling linearly from 1 to 0; once it is 0 only the layer is left."""
+
+    def __init__(self, layer, twin):
+        super().__init__()
+        self.layer, self.twin, self.lam = layer, twin, 1.0
+
+    def forward(self, x):
+        if self.lam <= 0:
+            return self.layer(x)
+        return self.lam * self.twin(x) + (1 - self.lam) * self.layer(x)
+
+
+def relu_blend(model, handover_steps: int):
+    """Steps lam of every ReluBlend in `model` down to 0 over `handover_steps` optimiser steps."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    blends = [m for m in model.modules() if isinstance(m, ReluBlend)]
+    done = [0]
+
+    def step(optimizer, args, kwargs):
+        done[0] += 1
+        for m in blends:
+            m.lam = max(0.0, 1.0 - done[0] / handover_steps)
+
+    return register_optimizer_step_post_hook(step)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("arch")
@@ -128,12 +157,19 @@ def main() -> None:
                         help="after every step, clamp each poly unit's coefficients of e**2 and up to [-B, B]")
     parser.add_argument("--boundary", type=float, nargs=2, metavar=("BOUND", "WEIGHT"),
                         help="add WEIGHT * mean over positions of mean(relu(|y| - BOUND) ** 2) to the loss")
+    parser.add_argument("--relu-blend", type=float, metavar="FRACTION",
+                        help="each position starts as BN-ReLU and hands over to the layer linearly over "
+                             "this fraction of the steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset("fashion-mnist", download=False)
     graph = parse(REFERENCE_LAYERS.get(args.layer, args.layer))
     torch.manual_seed(args.seed)
-    model = build_proxy(args.arch, lambda c: compile_layer(graph, c), ds.in_channels, ds.num_classes, ds.image_size)
+    factory = lambda c: compile_layer(graph, c)
+    if args.relu_blend:
+        twin = parse(REFERENCE_LAYERS["bn-relu"])
+        factory = lambda c: ReluBlend(compile_layer(graph, c), compile_layer(twin, c))
+    model = build_proxy(args.arch, factory, ds.in_channels, ds.num_classes, ds.image_size)
     batches = ds.train_batches(128, torch.Generator().manual_seed(1), None)
     probe = [next(batches)[0] for _ in range(10)]
     print(f"{args.arch}  {graph}  lr {args.lr}  poly lr {args.poly_lr}")
@@ -143,6 +179,8 @@ def main() -> None:
         bound_poly_coefficients(model, args.poly_bound)
     if args.boundary:
         boundary_penalty(model, *args.boundary)
+    if args.relu_blend:
+        relu_blend(model, max(1, round(args.relu_blend * args.steps)))
     print("at init, per position: std / max|y|  " + "  ".join(f"{s:.2g}/{m:.3g}" for s, m in at_init(model, probe[0])))
     result = T.train_and_score(model, ds, T.TrainConfig(compile=False, threads=1, lr=args.lr, seed=args.seed,
                                                  steps=args.steps, poly_lr=args.poly_lr, rational_lr=args.rational_lr,

@@ -15,9 +15,10 @@ import statistics
 
 REFERENCE = "bn-relu"
 # the layers a search mode's discoveries must beat: BN-ReLU always; at small batch (sample
-# mode) the batch-free standards too; for encrypted inference the square activation
+# mode) the batch-free standards too; for encrypted inference the square activation and
+# the library's polynomial layer
 REFERENCES = {"batch": ("bn-relu",), "sample": ("bn-relu", "gn-relu", "evonorm-s0"),
-              "polynomial": ("bn-relu", "bn-square")}
+              "polynomial": ("bn-relu", "bn-square", "bn-poly")}
 
 
 def reference_name(rows, reference: str = REFERENCE) -> str | None:

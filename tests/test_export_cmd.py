@@ -49,6 +49,6 @@ def test_plot_marks_the_baselines_the_run_trained_itself(real_run):
     run = load_run(real_run)
     assert _recorded_baselines(run.candidates, run.acc_columns) == {
         "evonorm-s0": {"acc_resnet": 0.5}, "bn-relu": {"acc_resnet": 0.6}}
-    # each mode marks its own baselines: polynomial mode's are BN-ReLU and the square
+    # each mode marks its own baselines: polynomial mode's are BN-ReLU, the square and bn-poly
     assert _recorded_baselines(run.candidates, run.acc_columns, "polynomial") == {"bn-relu": {"acc_resnet": 0.6}}
     assert run.mode == "batch"

@@ -163,7 +163,8 @@ def test_reported_properties(formula, batch, params, degree):
 def test_reference_layer_properties():
     assert parse(REFERENCE_LAYERS["evonorm-b0"]).uses_batch_stats
     assert not parse(REFERENCE_LAYERS["evonorm-s0"]).uses_batch_stats
-    assert parse(REFERENCE_LAYERS["bn-poly"]).params_per_channel == 6
+    bn_poly = parse(REFERENCE_LAYERS["bn-poly"])     # gamma, beta and the square's weight v1
+    assert (bn_poly.params_per_channel, bn_poly.inference_degree, bn_poly.poly_degree) == (3, 2, None)
 
 
 def test_from_nodes_rejects_forward_references():

@@ -217,19 +217,8 @@ def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
     assert result.accuracy >= 0.80, (arch, layer, result)
 
 
-# measured: more than 2 points below BN-ReLU (README, "Polynomial and rational units")
-_BELOW_TWO_POINTS = {
-    ("resnet", "bn-poly"): "the gentle start: 82.1% against BN-ReLU's 88.7%",
-    ("mobilenetv2", "bn-poly"): "the gentle start: 83.6% against 86.5%",
-    ("efficientnet", "bn-poly"): "the gentle start: 83.9% against 87.6%",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,layer", [
-    pytest.param(*p.values, marks=[*p.marks, pytest.mark.xfail(strict=False, reason=_BELOW_TWO_POINTS[p.values])])
-    if p.values in _BELOW_TWO_POINTS else p
-    for p in _cases(["bn-poly", "bn-rational"])])
+@pytest.mark.parametrize("arch,layer", _cases(["bn-poly", "bn-rational"]))
 def test_units_train_within_two_points_of_bn_relu(arch, layer):
     unit, reference = default_training(arch, layer), default_training(arch, "bn-relu")
     assert unit.ok and reference.ok, (unit.reason, reference.reason)

@@ -73,3 +73,24 @@ def test_poly_bound_clamps_curvature_coefficients_after_every_step():
     a = layer.poly0.detach()
     assert a[2:].abs().max() <= 0.01 and a[2:].abs().max() > 0      # clamped, not frozen
     assert (a[:2] - torch.tensor([[0.0], [1.0]])).abs().max() > 0.01  # e**0 and e**1 free
+
+
+def test_relu_blend_hands_a_position_over_from_bn_relu_to_the_layer():
+    torch.manual_seed(0)
+    from primitives.library import REFERENCE_LAYERS
+    square = compile_layer(parse("((x - batch_mean(x)) / batch_std(x)) ** 2"), 3)
+    relu = compile_layer(parse(REFERENCE_LAYERS["bn-relu"]), 3)
+    blend = probe.ReluBlend(square, relu)
+    x = torch.randn(8, 3, 4, 4)
+    assert torch.allclose(blend(x), relu(x))                             # starts as BN-ReLU
+    handle = probe.relu_blend(blend, 4)
+    try:
+        opt = torch.optim.SGD(blend.parameters(), lr=0.0)
+        lams = []
+        for _ in range(6):
+            opt.step()
+            lams.append(blend.lam)
+    finally:
+        handle.remove()
+    assert lams == [0.75, 0.5, 0.25, 0.0, 0.0, 0.0]                      # linear, then held at 0
+    assert torch.allclose(blend(x), square(x))                           # only the layer is left

@@ -207,11 +207,11 @@ def test_the_rational_denominator_learns_from_its_identity_start():
     assert torch.allclose(layer(x), x)  # and it still starts as the identity
 
 
-@pytest.mark.parametrize("name", ["bn-poly", "bn-rational", "bn-square"])
+@pytest.mark.parametrize("name", ["bn-poly", "bn-rational", "bn-square", f"poly({BN}) * gamma + beta"])
 def test_unit_layers_train_on_synthetic_data_without_blowing_up(name):
     from evaluators.datasets import load_dataset
     from evaluators.trainer import TrainConfig, build_and_train
-    g = parse(REFERENCE_LAYERS[name])
+    g = parse(REFERENCE_LAYERS.get(name, name))
     ds = load_dataset("synthetic", seed=0)
     result = build_and_train("resnet", lambda c: compile_layer(g, c), ds,
                              TrainConfig(steps=60, batch_size=64, lr=0.1, compile=False, threads=1), "cpu", width=8)

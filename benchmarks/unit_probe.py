@@ -186,10 +186,10 @@ def main() -> None:
                                                  steps=args.steps, poly_lr=args.poly_lr, rational_lr=args.rational_lr,
                                                  grad_clip=args.grad_clip, warmup_fraction=args.warmup), "cpu")
     print("loss every 25 steps  " + " ".join(f"{v:.2f}" for v in result.losses[::25]))
-    print(f"val accuracy  {result.accuracy}  {result.reason or ''}")
+    print(f"val accuracy  {result.accuracy}  {result.reason or ''}  {result.note or ''}")
     recalibrate(model, probe)
-    accuracy, reason = T.evaluate_accuracy(model, ds, "val")
-    print(f"after eval-mode recalibration  {accuracy}  {reason or ''}")
+    accuracy, reason, bad = T.evaluate_accuracy(model, ds, "val")
+    print(f"after eval-mode recalibration  {accuracy}  {reason or ''}  {bad} rows non-finite")
 
 
 if __name__ == "__main__":

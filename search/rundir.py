@@ -196,13 +196,15 @@ class Run:
         """Where `evonorm retrain` writes its table unless told otherwise."""
         return self.dir / "retrain.parquet"
 
-    def retrain_rows(self) -> list[dict] | None:
-        """The rows of the run's finished retrain, or None before one finished."""
-        if not self.retrain_path.exists():
+    def retrain_rows(self, path: str | Path | None = None) -> list[dict] | None:
+        """The rows of the run's finished retrain (or of the table at `path`, one written with
+        `retrain -o`), or None before one finished."""
+        path = Path(path) if path is not None else self.retrain_path
+        if not path.exists():
             return None
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.retrain_path).to_pylist()
+        return pq.read_table(path).to_pylist()
 
     @property
     def candidates(self):

@@ -64,8 +64,8 @@ def test_lr_is_chosen_on_validation_and_scored_on_test(run_dir, capsys, monkeypa
         calls.append({"arch": arch, "split": split, "lr": config.lr, "seed": config.seed,
                       "steps": config.steps})
         if split == "val":   # best near lr = 0.1
-            return SimpleNamespace(accuracy=1 - abs(math.log(config.lr / 0.1)) / 10, reason=None, ok=True)
-        return SimpleNamespace(accuracy=config.lr / 10 + config.seed / 1000, reason=None, ok=True)
+            return SimpleNamespace(accuracy=1 - abs(math.log(config.lr / 0.1)) / 10, reason=None, ok=True, note=None)
+        return SimpleNamespace(accuracy=config.lr / 10 + config.seed / 1000, reason=None, ok=True, note=None)
 
     monkeypatch.setattr(evaluators.trainer, "build_and_train", fake)
     assert main(["retrain", str(run_dir), "--top", "1", "--no-baselines", "--seeds", "2", "--trials", "6",
@@ -126,12 +126,12 @@ def test_front_members_with_identical_scores_are_retrained_once(tmp_path):
     assert list(table["layer"]) == ["#0", "#2"]  # #1 scored exactly like #0: the same run renamed
 
 
-def _recorder(calls, val_score=lambda config: 0.5, test_score=lambda arch, config: 0.5):
+def _recorder(calls, val_score=lambda config: 0.5, test_score=lambda arch, config: 0.5, note=lambda arch, split: None):
     def fake(arch, factory, dataset, config, device, split="val", **kwargs):
         calls.append({"arch": arch, "split": split, "lr": config.lr, "seed": config.seed,
                       "steps": config.steps, "batch_size": config.batch_size})
         score = val_score(config) if split == "val" else test_score(arch, config)
-        return SimpleNamespace(accuracy=score, reason=None, ok=True)
+        return SimpleNamespace(accuracy=score, reason=None, ok=True, note=note(arch, split))
     return fake
 
 
@@ -308,6 +308,23 @@ def test_show_prints_the_retrain_report_of_a_finished_retrain(run_dir, capsys):
     assert shown.split("\n\nretrain (")[1].split("\n", 1)[1].strip() == printed.strip()
 
 
+def test_show_reports_a_retrain_table_written_elsewhere(run_dir, capsys):
+    other = run_dir / "baselines.parquet"
+    assert main(["retrain", str(run_dir), "--top", "0", "--seeds", "2", "--trials", "1", "--steps", "6",
+                 "-o", str(other)]) == 0
+    printed = capsys.readouterr().out
+    assert main(["show", str(run_dir)]) == 0
+    assert "vs bn-relu" not in capsys.readouterr().out               # DIR/retrain.parquet: none yet
+    assert main(["show", str(run_dir), "--retrain", str(other)]) == 0
+    shown = capsys.readouterr().out
+    assert f"retrain ({other})" in shown and shown.split("\n\nretrain (")[1].split("\n", 1)[1].strip() == printed.strip()
+    for argv in (["show", str(run_dir), "--retrain", str(run_dir / "missing.parquet")],
+                 ["show", str(run_dir), "0", "--retrain", str(other)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("evonorm: error:") and err.count("\n") == 1
+
+
 def test_ctrl_c_stops_a_retrain_in_worker_processes_at_once(run_dir):
     """Ctrl-C reaches the whole foreground process group. The workers leave it to the parent,
     which terminates them: the queued layers are not trained first (they once were, for
@@ -401,3 +418,23 @@ def test_a_sample_mode_run_is_retrained_against_gn_relu_and_the_s_series(run_dir
     assert list(dict.fromkeys(table["layer"])) == ["bn-relu", "gn-relu", "evonorm-s0", "evonorm-s1", "evonorm-s2"]
     out = capsys.readouterr().out
     assert "vs gn-relu" in out and "vs evonorm-s0" in out
+
+
+def test_a_polynomial_mode_run_is_retrained_against_the_square_and_the_library_polynomial(run_dir, capsys,
+                                                                                          monkeypatch):
+    import json
+
+    import evaluators.trainer
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text())
+    info["config"]["mode"] = "polynomial"
+    info_path.write_text(json.dumps(info))
+    escaped = "2 test rows non-finite, counted wrong"
+    monkeypatch.setattr(evaluators.trainer, "build_and_train",
+                        _recorder([], note=lambda arch, split: escaped if split == "test" else None))
+    assert main(["retrain", str(run_dir), "--top", "0", "--seeds", "2", "--trials", "1", "--no-held-out"]) == 0
+    table = pq.read_table(run_dir / "retrain.parquet").to_pandas()
+    assert list(dict.fromkeys(table["layer"])) == ["bn-relu", "bn-square", "bn-poly"]
+    assert (table["note"] == escaped).all()                                # the trainer's note, per row
+    out = capsys.readouterr().out
+    assert "vs bn-square" in out and "vs bn-poly" in out

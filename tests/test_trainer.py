@@ -124,6 +124,47 @@ def test_non_finite_eval_output_is_a_reason(synthetic):
     assert result.accuracy is None and "non-finite output in evaluation" in result.reason
 
 
+class _NaNRows(nn.Module):
+    """Eval-mode logits that are NaN on the first `rows` rows of every batch: a polynomial
+    chain's rare escaping inputs."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows, self.head = rows, nn.Linear(1, 10)
+
+    def forward(self, x):
+        out = self.head(x.mean((1, 2, 3)).unsqueeze(1))
+        if not self.training:
+            out = out.clone()
+            out[:self.rows] = float("nan")
+        return out
+
+
+def test_a_few_non_finite_eval_rows_count_wrong_and_many_fail(synthetic):
+    from evaluators.trainer import NONFINITE_ROWS_TOLERATED, evaluate_accuracy
+    n = len(synthetic.split("val")[1])
+    batch = 100
+    per_batch = int(NONFINITE_ROWS_TOLERATED * batch)                  # exactly the tolerated share
+    model = _NaNRows(per_batch)
+    accuracy, reason, bad = evaluate_accuracy(model, synthetic, "val", batch)
+    assert reason is None and bad == per_batch * math.ceil(n / batch)
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([model(x).argmax(1) for x, _ in synthetic.eval_batches("val", batch)])
+    correct = sum(int(p == y) for i, (p, y) in enumerate(zip(predictions, synthetic.split("val")[1]))
+                  if i % batch >= per_batch)                          # NaN rows never count as right
+    assert accuracy == correct / n
+    accuracy, reason, bad = evaluate_accuracy(_NaNRows(per_batch + 1), synthetic, "val", batch)
+    assert accuracy is None and "non-finite output in evaluation on val" in reason
+
+
+def test_training_notes_the_non_finite_rows_it_counted_wrong(synthetic):
+    result = train_and_score(_NaNRows(1), synthetic, TrainConfig(**{**FAST, "steps": 2, "eval_batch_size": 1000}))
+    n = len(synthetic.split("val")[1])
+    assert result.ok and result.accuracy is not None
+    assert result.note == f"{math.ceil(n / 1000)} val rows non-finite, counted wrong"
+
+
 def test_config_validation_and_schedule():
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)

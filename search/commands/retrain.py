@@ -226,7 +226,7 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     journal = Journal(job["journal"]).load()
 
     def train(arch, lr, run_seed, split) -> dict:
-        """{accuracy, reason, seconds}: from the journal when an earlier run finished it."""
+        """{accuracy, reason, note, seconds}: from the journal when an earlier run finished it."""
         k = key(formula=layer["formula"], arch=arch, lr=lr, seed=run_seed, split=split, steps=job["steps"],
                 batch_size=job["batch_size"], dataset=job["dataset"], device=job["device"])
         result = journal.get(k)
@@ -234,7 +234,7 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
             start = time.perf_counter()
             config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
             trained = build_and_train(arch, factory, dataset, config, job["device"], split=split)
-            result = {"accuracy": trained.accuracy, "reason": trained.reason,
+            result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
                       "seconds": time.perf_counter() - start}
             journal.add(k, result)
         done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
@@ -259,7 +259,7 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
                          "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
                          "lr": lr, "steps": job["steps"], "batch_size": job["batch_size"],
                          "val_acc_tuned": study.best_value, "test_acc": result["accuracy"],
-                         "reason": result["reason"], "seconds": result["seconds"]})
+                         "reason": result["reason"], "note": result.get("note"), "seconds": result["seconds"]})
     return rows
 
 
@@ -326,7 +326,7 @@ def _write(path, rows):
                         ("seed", pa.int64()), ("lr", pa.float64()), ("steps", pa.int64()),
                         ("batch_size", pa.int64()), ("val_acc_tuned", pa.float64()),
                         ("test_acc", pa.float64()), ("transfer_gap", pa.float64()), ("reason", pa.string()),
-                        ("seconds", pa.float64())])
+                        ("note", pa.string()), ("seconds", pa.float64())])
     table = pa.Table.from_pylist(rows, schema=schema)
     write_atomic(path, lambda f: pq.write_table(table, f))
 

@@ -16,6 +16,9 @@ def add_arguments(parser):
                         help="candidate id (without it: where the run's worker time went)")
     parser.add_argument("--graph", metavar="FILE", default=None,
                         help="also draw the layer's computation graph into FILE (.png, .pdf or .svg)")
+    parser.add_argument("--retrain", metavar="FILE", default=None,
+                        help="without ID: the retrain table to report (default DIR/retrain.parquet; "
+                             "one written with `retrain -o FILE`)")
 
 
 def _present(v) -> bool:
@@ -119,6 +122,8 @@ def run(args) -> int:
 
     if args.id is None:
         return _accounting(args)
+    if args.retrain is not None:
+        raise UsageError("--retrain reports a retrain table: leave out ID")
     image = image_output(args.graph) if args.graph is not None else None
     run = load(args.run_dir)
     lines = describe(run, args.id)
@@ -138,11 +143,13 @@ def _accounting(args) -> int:
         raise UsageError("--graph draws one candidate's graph: give its ID")
     run = load(args.run_dir)
     print("\n".join([f"run {run.dir}", *account(run.candidates).lines()]))
-    rows = run.retrain_rows()
+    rows = run.retrain_rows(args.retrain)
+    if rows is None and args.retrain is not None:
+        raise UsageError(f"--retrain {args.retrain}: no such file")
     if rows is not None:
         from search.retrain_report import report
 
-        print(f"\nretrain ({run.retrain_path})\n" + report(rows, run.mode))
+        print(f"\nretrain ({args.retrain or run.retrain_path})\n" + report(rows, run.mode))
     return 0
 
 

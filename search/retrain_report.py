@@ -17,8 +17,13 @@ REFERENCE = "bn-relu"
 # the layers a search mode's discoveries must beat: BN-ReLU always; at small batch (sample
 # mode) the batch-free standards too; for encrypted inference the square activation and
 # the library's polynomial layer
-REFERENCES = {"batch": ("bn-relu",), "sample": ("bn-relu", "gn-relu", "evonorm-s0"),
-              "polynomial": ("bn-relu", "bn-square", "bn-poly")}
+def references(mode: str) -> tuple[str, ...]:
+    """The reference layers of a run in `mode`; polynomial mode's are its baselines."""
+    if mode == "polynomial":
+        from primitives.library import POLYNOMIAL_BASELINES  # not at import: it loads torch
+
+        return POLYNOMIAL_BASELINES
+    return {"sample": ("bn-relu", "gn-relu", "evonorm-s0")}.get(mode, (REFERENCE,))
 
 
 def reference_name(rows, reference: str = REFERENCE) -> str | None:
@@ -131,5 +136,5 @@ def report(rows, mode: str = "batch") -> str:
     `retrain` writes them (searched proxies, then the held-out ones)."""
     archs, held_out = proxies(rows)
     parts = [table(rows, archs + held_out, held_out)]
-    parts += [versus_table(rows, archs + held_out, ref) for ref in REFERENCES.get(mode, (REFERENCE,))]
+    parts += [versus_table(rows, archs + held_out, ref) for ref in references(mode)]
     return "\n\n".join(parts)

@@ -6,7 +6,7 @@ from pathlib import Path
 from primitives.util import is_missing
 from search.cli import UsageError
 from search.files import check_writable_file, write_atomic
-from search.retrain_report import REFERENCE, REFERENCES
+from search.retrain_report import references
 
 STATUS_COLORS = {"ok": "#2a9d3f", "invalid": "#9e9e9e", "duplicate": "#b0b7c3", "equivalent": "#8fa3bf",
                  "unstable": "#e07b39", "low_quality": "#d4a017", "failed": "#c0392b"}
@@ -122,7 +122,7 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     _hypervolume_panel(axes[len(pairs) + 1], xs, hv, ref, run.objectives)
     _funnel_panel(axes[len(pairs) + 2], df)
     if retrained:
-        _retrain_panel(axes[len(pairs) + 3], retrained, REFERENCES.get(run.mode, (REFERENCE,)))
+        _retrain_panel(axes[len(pairs) + 3], retrained, references(run.mode))
     fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
                  f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.96))

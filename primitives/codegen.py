@@ -21,7 +21,7 @@ import torch
 
 from .formula import parse, reading_order
 from .graph import Graph
-from .ops import FULL, VECTOR_INIT, get_op
+from .ops import DEFAULT_EPS, FULL, VECTOR_INIT, get_op, normalised_powers
 
 _HELPERS = {
     "upcast": '''
@@ -176,7 +176,8 @@ class _Body:
             return self.moment(i, node, names[0]), _ATOM
         if spec.kind == "unit":
             self.units += 1
-            return _emit_unit(node, names[0], self.units - 1, self.m)
+            return _emit_unit(node, names[0], self.units - 1, self.m,
+                              full=self.graph.shapes[node.inputs[0]] == FULL)
         if node.op in _CLAMP and any(self.nodes[j].op == "const" for j in node.inputs):
             tensor, number = names[::-1] if self.nodes[order[0]].op == "const" else names
             return f"torch.{_CLAMP[node.op]}({tensor}, {number})", _ATOM
@@ -366,22 +367,26 @@ def _horner(coefficients: str, count: int, variable: str) -> str:
     return expr
 
 
-def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
-    """Learnable polynomial or pole-free rational, initialised to identity: one coefficient
-    set per channel, or with `shared=1` one for all channels (a single column that
-    broadcasts over them).
+def _emit_unit(node, arg: str, index: int, m: _Module, full: bool = True) -> tuple[str, int]:
+    """Learnable polynomial or pole-free rational, initialised to identity (a polynomial
+    with `norm=1`: to e + 0.4 N(e**2), below): one coefficient set per channel, or with
+    `shared=1` one for all channels (a single column that broadcasts over them).
 
     The denominator's |b_k| is written `where(b < 0, -b, b)`: the same value, but its
     gradient at b = 0 is 1 where `abs` gives 0, which would keep a denominator that
     starts at zero (the identity) at zero for ever: the unit would stay a polynomial."""
     columns = "1" if node.attrs.get("shared") else "channels"
-    identity = lambda n: f"torch.tensor([{', '.join('1.0' if i == 1 else '0.0' for i in range(n))}]).repeat({columns}, 1).T.contiguous()"
+    start = lambda values: f"torch.tensor([{', '.join(map(repr, values))}]).repeat({columns}, 1).T.contiguous()"
+    identity = lambda n: start([1.0 if i == 1 else 0.0 for i in range(n)])
     if node.op == "poly":
         n = node.attrs["order"] + 1
         name = f"poly{index}"
         m.params[name] = identity(n)
         m.prologue.append(f"{name} = self.{name}.view(({n},) + pshape)")
-        return _horner(name, n, arg), 1
+        if not normalised_powers(node.attrs):
+            return _horner(name, n, arg), 1
+        m.params[name] = start([0.0, 1.0, NORMALISED_SQUARE_START] + [0.0] * (n - 3))
+        return _normalised_poly(name, n, arg, full, m), 1
     p, q = node.attrs["p"] + 1, node.attrs["q"]
     num, den = f"rational{index}_num", f"rational{index}_den"
     m.params[num] = identity(p)
@@ -391,6 +396,32 @@ def _emit_unit(node, arg: str, index: int, m: _Module) -> tuple[str, int]:
     m.body.append(f"a{index} = abs({arg})")
     denominator = f"1.0 + a{index} * ({_horner(den, q, f'a{index}')})"
     return f"({_horner(num, p, arg)}) / ({denominator})", 2
+
+
+# A `poly(e, norm=1)` starts as e + 0.4 * N(e ** 2), not the identity: learned from 0 the
+# square's weight stays near 0 (84-85%, as for the identity); started at 0.4 (about the
+# curvature of ReLU's least-squares quadratic) it trains within 2 points of BN-ReLU (README).
+NORMALISED_SQUARE_START = 0.4
+
+
+def _normalised_poly(name: str, n: int, arg: str, full: bool, m: _Module) -> str:
+    """c0 + c1 * e + sum_k c_k * N(e ** k), N a batch normalisation without affine (its
+    running estimates make it a constant affine map at inference, so the eval-mode unit is
+    a polynomial of degree n - 1): a raw power compounds a tail position after position,
+    a normalised one passes on unit variance. An input that does not vary over the whole
+    (N, C, ...) shape (a statistic, a number) is broadcast to it first."""
+    m.functional = True
+    terms = [f"{name}[0]", f"{name}[1] * {arg}"]
+    if not full:
+        arg = f"(torch.zeros_like(x) + {arg})"
+    elif not arg.isidentifier():
+        arg = f"({arg})"
+    for k in range(2, n):
+        mean, var = f"{name}_mean{k}", f"{name}_var{k}"
+        m.buffers[mean], m.buffers[var] = "torch.zeros(channels)", "torch.ones(channels)"
+        terms.append(f"{name}[{k}] * F.batch_norm({arg} ** {k}, self.{mean}, self.{var}, None, None, "
+                     f"self.training, self.momentum, {DEFAULT_EPS!r})")
+    return " + ".join(terms)
 
 
 # -- running the source ----------------------------------------------------------------------------

@@ -219,7 +219,7 @@ class Graph:
     # -- properties the search and the store report -----------------------------------------------
     @cached_property
     def uses_batch_stats(self) -> bool:
-        return any(n.spec.uses_batch_stats for n in self._nodes)
+        return any(n.spec.reads_batch(n.attrs) for n in self._nodes)
 
     @cached_property
     def params_per_channel(self) -> int:

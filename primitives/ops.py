@@ -65,9 +65,22 @@ RATIONAL_Q = Keyword(int, 4, 1, 9)
 # shared=1: one coefficient set for all of a layer's channels instead of one per channel
 # (KAT's group-shared rationals, with one group): README, "Polynomial and rational units"
 SHARED = Keyword(int, 0, 0, 1, optional=True)
+# norm=1: a poly unit's powers e**k, k >= 2, each batch-normalised (constants at inference):
+# README, "Polynomial and rational units"
+NORM = Keyword(int, 0, 0, 1, optional=True)
+
+
+def normalised_powers(attrs) -> bool:
+    """True for a `poly(e, norm=1)` with a power to normalise (order 2 or more)."""
+    return bool(attrs.get("norm")) and attrs["order"] >= 2
 
 
 def _poly_degree(degrees, attrs):
+    # normalised powers divide by a batch std: not a polynomial in training
+    return None if degrees[0] is None or normalised_powers(attrs) else degrees[0] * attrs["order"]
+
+
+def _poly_inference_degree(degrees, attrs):
     return None if degrees[0] is None else degrees[0] * attrs["order"]
 
 
@@ -92,7 +105,12 @@ class Op:
 
     @property
     def uses_batch_stats(self) -> bool:
+        """The op always reads batch statistics (a batch moment)."""
         return self.axis == "batch"
+
+    def reads_batch(self, attrs) -> bool:
+        """This node reads batch statistics: a batch moment, or a unit whose powers are."""
+        return self.uses_batch_stats or (self.name == "poly" and normalised_powers(attrs))
 
     @property
     def is_call(self) -> bool:
@@ -193,7 +211,8 @@ _ENTRIES = [
     Op("max", 2, "call", "torch.maximum({0}, {1})", torch.maximum, _no_degree, commutative=True),
     Op("min", 2, "call", "torch.minimum({0}, {1})", torch.minimum, _no_degree, commutative=True),
     *_moments(),
-    Op("poly", 1, "unit", degree=_poly_degree, keywords={"order": ORDER, "shared": SHARED},
+    Op("poly", 1, "unit", degree=_poly_degree, inference_degree=_poly_inference_degree,
+       keywords={"order": ORDER, "shared": SHARED, "norm": NORM},
        learnable=lambda a: 0 if a.get("shared") else a["order"] + 1),
     Op("rational", 1, "unit", degree=_no_degree, keywords={"p": RATIONAL_P, "q": RATIONAL_Q, "shared": SHARED},
        learnable=lambda a: 0 if a.get("shared") else a["p"] + 1 + a["q"]),

@@ -22,6 +22,7 @@ KEYWORD_MENU = {
     "q": (1, 2, 3, 4),
     "k": (2, 3),
     "shared": (0, 1),
+    "norm": (0, 1),
 }
 INNER_OPS = tuple(name for name, op in OPS.items() if op.kind != "leaf")
 

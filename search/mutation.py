@@ -9,7 +9,7 @@ function each, picked from the `MUTATIONS` table:
 - `rewire`:  one input of a node now comes from another earlier node or a new terminal
 - `insert`:  a new op node is put after a node, in front of its consumers
 - `remove`:  a node is bypassed: its consumers read one of its inputs instead
-- `keyword`: a keyword (eps, groups, order, p, q, k) or a constant gets another value
+- `keyword`: a keyword (eps, groups, order, p, q, k, shared, norm) or a constant gets another value
 - `vector`:  a learnable vector becomes another one (or a constant, or back)
 
 Editing works on small mutable node objects linked by reference, so no index
@@ -150,7 +150,7 @@ def _mutate_remove(objs, output, rng, mode):
 
 
 def _mutate_keyword(objs, output, rng, mode):
-    """A keyword (eps, groups, order, p, q, k, shared) or a constant gets another value."""
+    """A keyword (eps, groups, order, p, q, k, shared, norm) or a constant gets another value."""
     tunable = [n for n in objs if n.op == "const" or (n.inputs and OPS[n.op].keywords)]
     if not tunable:
         return None

@@ -62,8 +62,14 @@ def reference_factories() -> dict:
     return factories
 
 
+def _formula_factory(formula: str):
+    from primitives import compile_layer, parse
+    graph = parse(formula)
+    return lambda c: compile_layer(graph, c)
+
+
 def default_training(arch: str, layer: str, amp: str = "off"):
-    """The default-budget training of one reference layer on one proxy on real Fashion-MNIST,
+    """The default-budget training of one reference layer (or a formula) on one proxy on real Fashion-MNIST,
     on one thread, once per test process: the 80% test, the two-points test and the bf16 test
     share them. CI runs the slow tests in two processes grouped by proxy (xdist_group), so
     each training happens once and the two cores stay busy."""
@@ -74,6 +80,7 @@ def default_training(arch: str, layer: str, amp: str = "off"):
         "apt-get install dataset-fashion-mnist (.ci/setup does)"
     if (arch, layer, amp) not in _TRAINED:
         ds = load_dataset("fashion-mnist", download=False)
-        _TRAINED[arch, layer, amp] = build_and_train(arch, reference_factories()[layer], ds,
+        factory = reference_factories().get(layer) or _formula_factory(layer)
+        _TRAINED[arch, layer, amp] = build_and_train(arch, factory, ds,
                                                      TrainConfig(amp=amp, threads=1), "cpu")
     return _TRAINED[arch, layer, amp]

@@ -47,6 +47,7 @@ FIXED = [
     "poly((x - batch_mean(x)) / batch_std(x), order=3) * gamma + beta",
     "rational(x - batch_mean(x), p=3, q=2) * gamma + beta",
     "poly(x, order=2) + rational(x * v1, p=2, q=3)",
+    "poly((x - batch_mean(x)) / batch_std(x), norm=1) * gamma + poly(instance_mean(x), order=2, norm=1)",
     "batch_mean(gamma * x) + batch_var(v1) * x + layer_mean(beta) * x",
 ]
 
@@ -103,7 +104,7 @@ class Interpreter:
             if kind == "moment":
                 values.append(self._moment(i, node, ins[0].expand_as(x), training))
             elif kind == "unit":
-                values.append(self._unit(node, ins[0], params[units], x.dim()))
+                values.append(self._unit(i, node, ins[0], params[units], x, training))
                 units += 1
             elif node.op == "param":
                 values.append(params[node.attrs["name"]].view((1, -1) + (1,) * (x.dim() - 2)))
@@ -135,16 +136,26 @@ class Interpreter:
         return {"mean": mean, "var": var, "std": torch.sqrt(var + (eps or 0)),
                 "rms": torch.sqrt(sq + (eps or 0))}[stat]
 
-    @staticmethod
-    def _unit(node, e, coefficients, dims):
-        """poly: a0 + a1 e + ... ; rational: P(e) / (1 + sum_k |b_k| |e|^k), per channel."""
-        shape = (1, -1) + (1,) * (dims - 2)
+    def _unit(self, i, node, e, coefficients, x, training):
+        """poly: a0 + a1 e + ... ; with norm=1, a0 + a1 e + sum_k a_k N(e^k), N a batch
+        standardisation (BatchNorm without affine, eps 1e-5) of the power broadcast to x's
+        shape; rational: P(e) / (1 + sum_k |b_k| |e|^k), per channel."""
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         a = coefficients["num"]
+        if node.op == "poly" and node.attrs.get("norm") and a.shape[0] > 2:
+            powers = [1.0, e] + [self._standardised((i, k), (e ** k).expand_as(x), training)
+                                 for k in range(2, a.shape[0])]
+            return sum(a[k].view(shape) * powers[k] for k in range(a.shape[0]))
         out = sum(a[k].view(shape) * e ** k for k in range(a.shape[0]))
         if node.op == "poly":
             return out
         b = coefficients["den"]
         return out / (1 + sum(b[k - 1].abs().view(shape) * e.abs() ** k for k in range(1, b.shape[0] + 1)))
+
+    def _standardised(self, key, s, training):
+        # each under its own key, so that one call updates each running estimate once
+        mean = self._moment(key + ("mean",), _BATCH_MEAN, s, training)
+        return (s - mean) / self._moment(key + ("std",), _BATCH_STD, s, training)
 
 
 _ELEMENTWISE = {
@@ -169,6 +180,10 @@ _ELEMENTWISE = {
     "max": lambda x, a, p, q: torch.maximum(p, q),
     "min": lambda x, a, p, q: torch.minimum(p, q),
 }
+
+
+_BATCH_MEAN = parse("batch_mean(x)").nodes[-1]
+_BATCH_STD = parse("batch_std(x)").nodes[-1]
 
 
 # -- the module side ---------------------------------------------------------------------------------
@@ -200,6 +215,8 @@ def _design_start(graph, channels):
             columns = 1 if n.attrs.get("shared") else channels   # shared: one column for every channel
             num = torch.zeros(count, columns, dtype=torch.float64)
             num[1] = 1.0
+            if n.attrs.get("norm") and count > 2:
+                num[2] = float(torch.tensor(0.4))   # poly(e, norm=1) starts as e + 0.4 N(e^2), in float32
             unit = {"num": num}
             if n.op == "rational":
                 unit["den"] = torch.zeros(n.attrs["q"], columns, dtype=torch.float64)

@@ -75,3 +75,7 @@ def test_keyword_mutation_shares_a_unit_and_unshares_it():
     to_per_channel = {str(mutate(shared, random.Random(i), kinds=("keyword",))[0]) for i in range(60)}
     assert any("shared=1" in s for s in to_shared)
     assert any("shared" not in s for s in to_per_channel)
+    # and a polynomial unit's powers are normalised, or no longer
+    assert any("norm=1" in s for s in to_shared)
+    normed = parse("poly((x - batch_mean(x)) / batch_std(x), norm=1) * gamma + beta")
+    assert any("norm" not in str(mutate(normed, random.Random(i), kinds=("keyword",))[0]) for i in range(60))

@@ -207,7 +207,8 @@ def test_the_rational_denominator_learns_from_its_identity_start():
     assert torch.allclose(layer(x), x)  # and it still starts as the identity
 
 
-@pytest.mark.parametrize("name", ["bn-poly", "bn-rational", "bn-square", f"poly({BN}) * gamma + beta"])
+@pytest.mark.parametrize("name", ["bn-poly", "bn-rational", "bn-square", f"poly({BN}) * gamma + beta",
+                                  f"poly({BN}, norm=1) * gamma + beta"])
 def test_unit_layers_train_on_synthetic_data_without_blowing_up(name):
     from evaluators.datasets import load_dataset
     from evaluators.trainer import TrainConfig, build_and_train
@@ -274,3 +275,74 @@ def test_a_shared_unit_steps_on_its_channels_mean_gradient():
     assert sum(len(gr["params"]) for gr in groups) == len(list(net.parameters()))
     with pytest.raises(ValueError, match="shared_boost"):
         TrainConfig(shared_boost=0)
+
+
+# -- normalised powers (`poly(e, norm=1)`) ---------------------------------------------------------
+
+def test_norm_is_an_optional_keyword_that_keeps_older_hashes():
+    normed, plain = parse(f"poly({BN}, norm=1)"), parse(f"poly({BN})")
+    assert str(normed) == f"poly({BN}, norm=1)" and parse(str(normed)) == normed
+    assert parse(f"poly({BN}, norm=0)") == plain and '"norm"' not in plain.to_json()
+    assert normed.hash != plain.hash
+    # trained, it divides by a batch std; at inference every normalisation is a constant
+    assert (normed.poly_degree, normed.inference_degree, normed.pointwise_at_inference) == (None, 3, True)
+    assert parse("poly(x, norm=1)").uses_batch_stats and not parse("poly(x)").uses_batch_stats
+    assert parse("poly(x, order=1, norm=1)").poly_degree == 1   # nothing to normalise
+    assert get_mode("sample").why_not(parse("poly(x, norm=1)")) == "uses batch statistics (not allowed in sample mode)"
+    assert get_mode("polynomial", max_degree=3).accept(normed)
+
+
+def _normalised(s, eps=1e-5):
+    """A batch normalisation without affine, in training: biased batch variance."""
+    mean, var = s.mean(dim=(0, 2, 3), keepdim=True), s.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    return (s - mean) / torch.sqrt(var + eps)
+
+
+def test_a_normalised_poly_starts_as_e_plus_a_normalised_square_and_keeps_running_estimates():
+    layer = compile_layer(parse("poly(x, norm=1)"), 3)
+    assert layer.poly0.shape == (4, 3) and layer.poly0[:, 0].tolist() == pytest.approx([0.0, 1.0, 0.4, 0.0])
+    x = torch.randn(16, 3, 4, 4) * 2 + 1
+    assert torch.allclose(layer(x), x + 0.4 * _normalised(x ** 2), atol=1e-5)
+    with torch.no_grad():
+        layer.poly0.copy_(torch.randn(4, 3))
+    c = layer.poly0.detach().view(4, 1, 3, 1, 1)
+    want = c[0] + c[1] * x + c[2] * _normalised(x ** 2) + c[3] * _normalised(x ** 3)
+    assert torch.allclose(layer(x), want, atol=1e-4)
+    # eval mode reads the running estimates (BatchNorm's momentum, unbiased variance)
+    s, n = x ** 3, x.numel() // 3
+    mean3 = 0.19 * s.mean(dim=(0, 2, 3))             # two training calls from 0: 0.1 + 0.9 * 0.1
+    assert torch.allclose(layer.poly0_mean3, mean3, rtol=1e-4)
+    layer.eval()
+    var2 = 0.81 + 0.19 * (x ** 2).var(dim=(0, 2, 3), unbiased=True)
+    z = torch.randn(2, 3, 4, 4)
+    n2 = ((z ** 2) - layer.poly0_mean2.view(1, 3, 1, 1)) / torch.sqrt(var2.view(1, 3, 1, 1) + 1e-5)
+    n3 = ((z ** 3) - layer.poly0_mean3.view(1, 3, 1, 1)) / torch.sqrt(layer.poly0_var3.view(1, 3, 1, 1) + 1e-5)
+    assert n == 256 and torch.allclose(layer(z), c[0] + c[1] * z + c[2] * n2 + c[3] * n3, atol=1e-4)
+
+
+def test_a_trained_normalised_poly_exports_its_coefficient_table():
+    g = parse(f"poly({BN}, norm=1) * gamma + beta")
+    layer = compile_layer(g, 4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        for _ in range(3):
+            layer(torch.randn(32, 4, 2, 2) * 3 - 1)     # running estimates away from their start
+    layer.eval()
+    table = coefficient_table(g, layer.state_dict())
+    assert table.shape == (4, 4) and table[:, 3].abs().min() > 0
+    z = torch.linspace(-2, 2, 20).view(5, 1, 2, 2).expand(5, 4, 2, 2).contiguous()
+    assert torch.allclose(evaluate_table(table, z.double()).float(), layer(z), atol=1e-4)
+
+
+@pytest.mark.parametrize("inner", ["batch_mean(x)", "instance_mean(x)", "2"])
+def test_a_normalised_poly_of_a_smaller_tensor_broadcasts_like_the_raw_one(inner):
+    # the batch normalisation needs (N, C, ...) input; a statistic is expanded first, and a
+    # value that does not vary over the batch normalises to 0 (no spread), leaving c0 + c1 * e
+    layer = compile_layer(parse(f"poly({inner}, order=2, norm=1) * x"), 3)
+    x = torch.randn(4, 3, 2, 2)
+    e = {"batch_mean(x)": x.mean(dim=(0, 2, 3), keepdim=True), "instance_mean(x)": x.mean(dim=(2, 3), keepdim=True),
+         "2": torch.tensor(2.0)}[inner]
+    square = _normalised((e ** 2).expand_as(x)) if inner == "instance_mean(x)" else 0.0
+    assert torch.allclose(layer(x), (e + 0.4 * square) * x, atol=1e-4)

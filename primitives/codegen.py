@@ -244,10 +244,7 @@ def _emit_fused(graph: Graph, parts, source: str, moment_groups, m: _Module) -> 
     axis, eps, k = node.spec.axis, node.attrs["eps"], moment_groups[std]
     m.functional = True
     if axis == "batch":
-        m.buffers[f"running_mean{k}"] = "torch.zeros(channels)"
-        m.buffers[f"running_var{k}"] = "torch.ones(channels)"
-        return (f"F.batch_norm({source}, self.running_mean{k}, self.running_var{k}, None, None, "
-                f"self.training, self.momentum, {eps!r})")
+        return _batch_norm(source, f"running_mean{k}", f"running_var{k}", eps, m)
     if axis == "group":
         m.helpers.add("divisor")
         m.ints[f"groups{k}"] = f"_largest_divisor(channels, {node.attrs['groups']})"
@@ -255,6 +252,13 @@ def _emit_fused(graph: Graph, parts, source: str, moment_groups, m: _Module) -> 
     else:
         groups = {"layer": "1", "instance": "self.channels"}[axis]
     return f"F.group_norm({source}, {groups}, eps={eps!r})"
+
+
+def _batch_norm(source: str, mean: str, var: str, eps: float, m: _Module) -> str:
+    """torch's fused BatchNorm without affine, its running estimates in buffers `mean`, `var`."""
+    m.functional = True
+    m.buffers[mean], m.buffers[var] = "torch.zeros(channels)", "torch.ones(channels)"
+    return f"F.batch_norm({source}, self.{mean}, self.{var}, None, None, self.training, self.momentum, {eps!r})"
 
 
 def _divides_by_smaller(graph: Graph, node) -> bool:
@@ -381,9 +385,9 @@ def _emit_unit(node, arg: str, index: int, m: _Module, full: bool = True) -> tup
     if node.op == "poly":
         n = node.attrs["order"] + 1
         name = f"poly{index}"
-        m.params[name] = identity(n)
         m.prologue.append(f"{name} = self.{name}.view(({n},) + pshape)")
         if not normalised_powers(node.attrs):
+            m.params[name] = identity(n)
             return _horner(name, n, arg), 1
         m.params[name] = start([0.0, 1.0, NORMALISED_SQUARE_START] + [0.0] * (n - 3))
         return _normalised_poly(name, n, arg, full, m), 1
@@ -410,17 +414,13 @@ def _normalised_poly(name: str, n: int, arg: str, full: bool, m: _Module) -> str
     a polynomial of degree n - 1): a raw power compounds a tail position after position,
     a normalised one passes on unit variance. An input that does not vary over the whole
     (N, C, ...) shape (a statistic, a number) is broadcast to it first."""
-    m.functional = True
     terms = [f"{name}[0]", f"{name}[1] * {arg}"]
     if not full:
         arg = f"(torch.zeros_like(x) + {arg})"
     elif not arg.isidentifier():
         arg = f"({arg})"
     for k in range(2, n):
-        mean, var = f"{name}_mean{k}", f"{name}_var{k}"
-        m.buffers[mean], m.buffers[var] = "torch.zeros(channels)", "torch.ones(channels)"
-        terms.append(f"{name}[{k}] * F.batch_norm({arg} ** {k}, self.{mean}, self.{var}, None, None, "
-                     f"self.training, self.momentum, {DEFAULT_EPS!r})")
+        terms.append(f"{name}[{k}] * {_batch_norm(f'{arg} ** {k}', f'{name}_mean{k}', f'{name}_var{k}', DEFAULT_EPS, m)}")
     return " + ".join(terms)
 
 

@@ -102,6 +102,7 @@ class Op:
     stat: str = ""                          # moments
     learnable: Callable | None = None       # attrs -> learnable values per channel
     inference_degree: Callable | None = None  # `degree` in eval mode; None: the same as `degree`
+    batch_stats: Callable | None = None     # attrs -> whether a node reads batch statistics (units)
 
     @property
     def uses_batch_stats(self) -> bool:
@@ -109,8 +110,8 @@ class Op:
         return self.axis == "batch"
 
     def reads_batch(self, attrs) -> bool:
-        """This node reads batch statistics: a batch moment, or a unit whose powers are."""
-        return self.uses_batch_stats or (self.name == "poly" and normalised_powers(attrs))
+        """This node reads batch statistics: a batch moment, or a unit that normalises over the batch."""
+        return self.uses_batch_stats or bool(self.batch_stats and self.batch_stats(attrs))
 
     @property
     def is_call(self) -> bool:
@@ -212,7 +213,7 @@ _ENTRIES = [
     Op("min", 2, "call", "torch.minimum({0}, {1})", torch.minimum, _no_degree, commutative=True),
     *_moments(),
     Op("poly", 1, "unit", degree=_poly_degree, inference_degree=_poly_inference_degree,
-       keywords={"order": ORDER, "shared": SHARED, "norm": NORM},
+       keywords={"order": ORDER, "shared": SHARED, "norm": NORM}, batch_stats=normalised_powers,
        learnable=lambda a: 0 if a.get("shared") else a["order"] + 1),
     Op("rational", 1, "unit", degree=_no_degree, keywords={"p": RATIONAL_P, "q": RATIONAL_Q, "shared": SHARED},
        learnable=lambda a: 0 if a.get("shared") else a["p"] + 1 + a["q"]),

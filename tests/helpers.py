@@ -52,17 +52,13 @@ def bn_relu(c):
 
 def reference_factories() -> dict:
     """torch's own BN-ReLU and every layer of the reference library (none left out)."""
-    from primitives import compile_layer, parse
     from primitives.library import REFERENCE_LAYERS
 
-    factories = {"bn-relu(torch)": bn_relu}
-    for name, formula in REFERENCE_LAYERS.items():
-        graph = parse(formula)
-        factories[name] = (lambda g: (lambda c: compile_layer(g, c)))(graph)
-    return factories
+    return {"bn-relu(torch)": bn_relu, **{name: formula_factory(f) for name, f in REFERENCE_LAYERS.items()}}
 
 
-def _formula_factory(formula: str):
+def formula_factory(formula: str):
+    """channels -> a fresh module of the formula's layer."""
     from primitives import compile_layer, parse
     graph = parse(formula)
     return lambda c: compile_layer(graph, c)
@@ -80,7 +76,7 @@ def default_training(arch: str, layer: str, amp: str = "off"):
         "apt-get install dataset-fashion-mnist (.ci/setup does)"
     if (arch, layer, amp) not in _TRAINED:
         ds = load_dataset("fashion-mnist", download=False)
-        factory = reference_factories().get(layer) or _formula_factory(layer)
+        factory = reference_factories().get(layer) or formula_factory(layer)
         _TRAINED[arch, layer, amp] = build_and_train(arch, factory, ds,
                                                      TrainConfig(amp=amp, threads=1), "cpu")
     return _TRAINED[arch, layer, amp]

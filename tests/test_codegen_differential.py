@@ -19,7 +19,7 @@ import torch
 
 from primitives import parse
 from primitives.codegen import export_layer, generate_source, layer_class
-from primitives.ops import OPS
+from primitives.ops import OPS, normalised_powers
 from primitives.random_graph import random_graph
 
 N_RANDOM = 300
@@ -142,7 +142,7 @@ class Interpreter:
         shape; rational: P(e) / (1 + sum_k |b_k| |e|^k), per channel."""
         shape = (1, -1) + (1,) * (x.dim() - 2)
         a = coefficients["num"]
-        if node.op == "poly" and node.attrs.get("norm") and a.shape[0] > 2:
+        if node.op == "poly" and normalised_powers(node.attrs):
             powers = [1.0, e] + [self._standardised((i, k), (e ** k).expand_as(x), training)
                                  for k in range(2, a.shape[0])]
             return sum(a[k].view(shape) * powers[k] for k in range(a.shape[0]))
@@ -215,7 +215,7 @@ def _design_start(graph, channels):
             columns = 1 if n.attrs.get("shared") else channels   # shared: one column for every channel
             num = torch.zeros(count, columns, dtype=torch.float64)
             num[1] = 1.0
-            if n.attrs.get("norm") and count > 2:
+            if n.op == "poly" and normalised_powers(n.attrs):
                 num[2] = float(torch.tensor(0.4))   # poly(e, norm=1) starts as e + 0.4 N(e^2), in float32
             unit = {"num": num}
             if n.op == "rational":

@@ -224,7 +224,7 @@ def test_example_run_copies_map_to_one_representative_and_nothing_else_merges():
     terms): replayed through the screen in birth order, each group of `ok` rows with
     bit-identical scores maps to one representative, and no two rows with different
     scores share one."""
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     rows = pd.read_parquet(EXAMPLE).sort_values("id")
     ok = rows[rows.status == "ok"]
     accs = [c for c in rows.columns if c.startswith("acc_")]

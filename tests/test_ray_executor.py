@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray
 
 from search.config import build_config  # noqa: E402
 from search.evolution import Driver  # noqa: E402

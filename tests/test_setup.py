@@ -70,3 +70,44 @@ def test_a_missing_python_is_one_line(checkout):
     done = which(checkout, PYTHON="/nonexistent/python3")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "setup: no /nonexistent/python3" in done.stderr
+
+
+# -- .ci/run: every step must stop CI when it fails ----------------------------------------------
+
+RUN = SETUP.with_name("run")
+
+
+def ci_run(tmp_path, setup_status: int, pytest_statuses: tuple[int, ...]) -> tuple[int, list[str]]:
+    """.ci/run in a checkout whose .ci/setup exits with `setup_status` and whose
+    .venv/bin/python answers its n-th call with pytest_statuses[n]; (exit status, the calls)."""
+    (tmp_path / ".ci").mkdir(parents=True)
+    shutil.copy(RUN, tmp_path / ".ci" / "run")
+    (tmp_path / ".ci" / "setup").write_text(f"exit {setup_status}\n")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "calls"
+    statuses = " ".join(map(str, pytest_statuses))
+    (bin_dir / "python").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        f'n=$(wc -l < {calls}); set -- {statuses}; shift $((n - 1)); exit "$1"\n')
+    (bin_dir / "python").chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=60)
+    return done.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_ci_fails_and_runs_no_test_when_setup_fails(tmp_path):
+    status, calls = ci_run(tmp_path, setup_status=3, pytest_statuses=(0, 0))
+    assert status == 3 and calls == []
+
+
+def test_ci_fails_when_the_fast_suite_fails_and_skips_the_slow_one(tmp_path):
+    status, calls = ci_run(tmp_path, setup_status=0, pytest_statuses=(1, 0))
+    assert status == 1 and calls == ["-m pytest"]
+
+
+def test_ci_passes_both_suites_and_fails_on_a_slow_failure(tmp_path):
+    status, calls = ci_run(tmp_path / "a", setup_status=0, pytest_statuses=(0, 0))
+    assert status == 0 and calls == ["-m pytest", "-m pytest -m slow -n 2 --dist loadgroup"]
+    assert ci_run(tmp_path / "b", setup_status=0, pytest_statuses=(0, 5))[0] == 0   # none selected
+    assert ci_run(tmp_path / "c", setup_status=0, pytest_statuses=(0, 1))[0] == 1

@@ -239,18 +239,15 @@ def test_inductor_compiled_bf16_training_matches_eager(synthetic):
 
 # -- slow: every reference layer, bf16 against float32, default budget, Fashion-MNIST -------------
 
-# issue 10: layers at the edge of stability at lr 0.1, measured on one thread
-_SHORTFALLS = {
-    # trains to chance in float32 as well (10.5%), so the two agree (an XPASS, not a failure)
-    "bn-square": "issue 10: does not train in float32 either",
-}
+# bn-square trains in neither precision (float32 17.7%, bf16 14.4% on resnet, one thread): two
+# trainings near chance differ by noise, which says nothing about mixed precision
+# (tests/test_trainer.py holds its failure to train)
+_NOT_TRAINING = ("bn-square",)
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("resnet")   # beside the 80% test's float32 trainings (helpers.py)
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=_SHORTFALLS[n]))
-    if n in _SHORTFALLS else n for n in sorted(REFERENCE_LAYERS)])
+@pytest.mark.parametrize("name", [n for n in sorted(REFERENCE_LAYERS) if n not in _NOT_TRAINING])
 def test_bf16_training_is_within_1_5_points_of_float32(name):
     results = {amp: default_training("resnet", name, amp) for amp in ("off", "bf16")}
     for amp, result in results.items():

@@ -50,7 +50,7 @@ def _record(i: int, rng: random.Random, archs) -> dict:
 
 def bench_front_update(n: int = 100_000, candidates: int = 2000, objectives: int = 2, seed: int = 0) -> float:
     """ms per candidate of RunStore append + flush + front bookkeeping with `n` records in history."""
-    from search.store import RunStore
+    from search.store.writer import RunStore
 
     archs = ARCHS[:objectives]
     info = {"archs": list(archs), "objectives": [{"column": f"acc_{a}", "goal": "max"} for a in archs]}

@@ -5,7 +5,7 @@ The driver starts as if resumed after `--history` records (100k by default):
 random score points, a full population. It then makes `--candidates` more:
 tournament, mutation, the duplicate lookup, describing the graph (formula,
 canonical JSON, hash), the record, the front update, aging, and the run store
-(in memory by default; `--store` uses search.store.RunStore in a temporary
+(in memory by default; `--store` uses search.store.writer.RunStore in a temporary
 directory, part-file writes amortised). Training is replaced by an executor
 that answers at once with made-up scores, so what is timed is the driver.
 Target: under 10 ms per candidate.
@@ -22,13 +22,13 @@ import time
 import numpy as np
 
 from search.config import build_config
-from search.evolution import Driver
-from search.executor import Executor, Finished
-from search.modes import get_mode
+from search.engine.driver import Driver
+from search.workers.executor import Executor, Finished
+from search.engine.modes import get_mode
 from search.pareto import pareto_mask
-from search.selection import Member
-from search.surrogate import describe
-from search.store import MemoryStore
+from search.engine.selection import Member
+from search.workers.surrogate import describe
+from search.store.writer import MemoryStore
 
 
 class HashScreen:
@@ -78,7 +78,7 @@ def bench_selection(history: int = 100_000, candidates: int = 3000, population: 
     mode = get_mode("batch")
     tmp = None
     if use_store:
-        from search.store import RunStore
+        from search.store.writer import RunStore
         tmp = tempfile.TemporaryDirectory()
         store = RunStore.create(tmp.name + "/run", {"config": config.to_dict(), "archs": list(config.archs)})
     else:
@@ -116,7 +116,7 @@ def main():
     parser.add_argument("--history", type=int, default=100_000)
     parser.add_argument("--candidates", type=int, default=3000)
     parser.add_argument("--population", type=int, default=32)
-    parser.add_argument("--store", action="store_true", help="use search.store.RunStore")
+    parser.add_argument("--store", action="store_true", help="use search.store.writer.RunStore")
     args = parser.parse_args()
     bench_selection(args.history, args.candidates, args.population, args.store)
 

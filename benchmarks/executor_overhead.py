@@ -15,9 +15,9 @@ import argparse
 import random
 import time
 
-from search.executor import LocalExecutor
-from search.modes import get_mode
-from search.ray_executor import RayExecutor, init_ray
+from search.workers.executor import LocalExecutor
+from search.engine.modes import get_mode
+from search.workers.ray_executor import RayExecutor, init_ray
 
 
 def drive(executor, graphs) -> float:

@@ -75,7 +75,7 @@ def summarise(table, run, rungs, total, shares=None) -> None:
     from scipy.stats import kendalltau
 
     from search.config import build_config
-    from search.hurdles import Hurdles
+    from search.engine.hurdles import Hurdles
     from search.pareto import pareto_mask
 
     archs = ARCHS
@@ -139,7 +139,7 @@ def run_table(run_dir: Path):
     full score of the same training (the first seed's, where a confirmation added a second)."""
     import pandas as pd
 
-    from search.rundir import load_run
+    from search.store.reader import load_run
 
     rows = []
     for _, r in load_run(run_dir).candidates.query("status == 'ok'").iterrows():
@@ -154,9 +154,9 @@ def run_table(run_dir: Path):
 
 
 def report(out: Path, names) -> None:
-    from search.accounting import account
+    from search.analysis.accounting import account
     from search.pareto import hypervolume, pareto_mask
-    from search.rundir import load_run
+    from search.store.reader import load_run
 
     frames = {name: load_run(out / name).candidates for name in names}
     accs = ["acc_resnet", "acc_mobilenetv2", "acc_efficientnet"]

@@ -17,11 +17,11 @@ import statistics
 import time
 
 from search.config import build_config
-from search.evolution import Driver
-from search.executor import LocalExecutor, evaluator_spec, make_screen
-from search.modes import get_mode
+from search.engine.driver import Driver
+from search.workers.executor import LocalExecutor, evaluator_spec, make_screen
+from search.engine.modes import get_mode
 from search.pareto import hypervolume, pareto_mask
-from search.store import MemoryStore
+from search.store.writer import MemoryStore
 
 
 def search(seed: int, budget: int, mode: str, random_search: bool, population: int, tournament: int):

@@ -191,7 +191,7 @@ class TrainResult:
 def is_plain_norm_act(model: nn.Module) -> bool:
     """True when the model has no modules beyond convs, linears, BN, ReLU, SE gates
     and containers: nothing for a compiler to fuse beyond what oneDNN/cuDNN do."""
-    from .proxies import InvertedResidual, MobileProxy, PlainProxy, PreActBlock, ResNetProxy, SqueezeExcite
+    from .proxies.cnn import InvertedResidual, MobileProxy, PlainProxy, PreActBlock, ResNetProxy, SqueezeExcite
     known = (nn.Conv2d, nn.Linear, nn.MaxPool2d, *_PLAIN_NORM_ACT, PreActBlock, ResNetProxy, MobileProxy,
              PlainProxy, InvertedResidual, SqueezeExcite)
     return all(isinstance(m, known) for m in model.modules())

@@ -26,7 +26,7 @@ def write_atomic(path, content) -> None:
     `path` through a hidden temporary file next to it, flushed to disk and renamed over
     it, so a reader, a crash or a full disk sees the old file or the new one, never half
     of one. On any failure nothing at `path` changes, the temporary file is gone and the
-    exception goes on unchanged (search.files turns OSErrors into one-line errors)."""
+    exception goes on unchanged (search.store.files turns OSErrors into one-line errors)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
 
-from .errors import ConfigError
-from .modes import MODES
+from search.errors import ConfigError
+from search.engine.modes import MODES
 
 DATASETS = ("fashion-mnist", "cifar10", "synthetic")
 ARCHS = SEARCH_PROXIES        # the default; any of PROXY_NAMES (the held-out plainnet too) may be chosen

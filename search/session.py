@@ -24,10 +24,10 @@ import os
 import sys
 import threading
 
-from .config import RESUMABLE, SearchConfig, build_config
-from .errors import ClusterError, ConfigError, RunDirError
-from .modes import Mode
-from .rundir import CANDIDATES, RUN_JSON
+from search.config import RESUMABLE, SearchConfig, build_config
+from search.errors import ClusterError, ConfigError, RunDirError
+from search.engine.modes import Mode
+from search.store.reader import CANDIDATES, RUN_JSON
 
 
 class Session:
@@ -105,8 +105,8 @@ class Session:
     def _open(self) -> tuple[list, list]:
         """Before any worker starts and before a store opens (closing one writes the front),
         check that the directory takes files; read a resumed run's records and checkpoints."""
-        from .files import check_writable_dir
-        from .store import RunStore
+        from search.store.files import check_writable_dir
+        from search.store.writer import RunStore
 
         if self.create:
             check_writable_dir(self.dir)
@@ -118,9 +118,9 @@ class Session:
 
     def _build(self, records: list, checkpoints: list, progress):
         """Screen, executor, store and driver, the driver restored from what was recorded."""
-        from .evolution import Driver
-        from .executor import evaluator_spec, make_screen
-        from .store import RunStore
+        from search.engine.driver import Driver
+        from search.workers.executor import evaluator_spec, make_screen
+        from search.store.writer import RunStore
 
         screen = make_screen(evaluator_spec(self.config))
         self._executor = make_executor(self.config)
@@ -163,7 +163,7 @@ def check_config(config: SearchConfig) -> Mode:
     formulas, the evaluation settings. Returns the Mode; raises ConfigError."""
     from primitives import FormulaError, parse
 
-    from .modes import get_mode
+    from search.engine.modes import get_mode
     try:
         mode = get_mode(config.mode, config.max_degree)
     except ValueError as err:
@@ -225,11 +225,11 @@ def run_info(config: SearchConfig) -> dict:
 
 def make_executor(config: SearchConfig):
     """The executor the settings ask for; a cluster that cannot be used is a ClusterError."""
-    from .executor import LocalExecutor, evaluator_spec
+    from search.workers.executor import LocalExecutor, evaluator_spec
     spec = evaluator_spec(config)
     if config.executor == "local":
         return LocalExecutor(spec)
-    from .ray_executor import RayExecutor
+    from search.workers.ray_executor import RayExecutor
     try:
         return RayExecutor(spec, workers=config.workers, gpus_per_worker=config.gpus_per_worker,
                            address=config.address, max_retries=config.max_retries)

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic run directories written through `search.store.RunStore`."""
+"""Shared fixtures: small synthetic run directories written through `search.store.writer.RunStore`."""
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +65,7 @@ def synthetic_records(n: int, archs=("resnet", "mobilenetv2"), seed: int = 0, in
 
 def write_run(path, n: int = 60, archs=("resnet", "mobilenetv2"), seed: int = 0, cost: bool = False,
               baselines: dict | None = None, flush_every: int = 7):
-    from search.store import RunStore
+    from search.store.writer import RunStore
 
     objectives = [{"column": f"acc_{a}", "goal": "max"} for a in archs]
     if cost:
@@ -119,7 +119,7 @@ def real_run(tmp_path):
     resnet), as `evonorm search` writes it."""
     from primitives import parse
     from primitives.library import REFERENCE_LAYERS
-    from search.store import RunStore
+    from search.store.writer import RunStore
 
     path = tmp_path / "run"
     info = {"config": {"dataset": "synthetic", "archs": ["resnet"]}, "seed": 0, "archs": ["resnet"],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from search.executor import Executor, LocalExecutor
+from search.workers.executor import Executor, LocalExecutor
 
 
 class QueuedExecutor(Executor):

@@ -1,4 +1,4 @@
-"""`search.accounting` and `evonorm show DIR`: judged per worker-hour and trainings saved,
+"""`search.analysis.accounting` and `evonorm show DIR`: judged per worker-hour and trainings saved,
 worked out by hand on a few records."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from search.accounting import account
+from search.analysis.accounting import account
 from search.cli import main
 
 
@@ -49,7 +49,7 @@ def test_missing_seconds_and_unreadable_stages_count_as_zero():
 
 
 def test_show_without_an_id_prints_the_runs_accounting(capsys, small_run):
-    from search.rundir import load_run
+    from search.store.reader import load_run
 
     acc = account(load_run(small_run).candidates)
     assert main(["show", str(small_run)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from search.cli import main
-from search.rundir import load_run
+from search.store.reader import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 README_HASH = "cbc63aab668e75fd"

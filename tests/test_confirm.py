@@ -12,13 +12,13 @@ from evaluators.evaluate import EvalConfig, Evaluator
 from primitives import parse
 from primitives.library import REFERENCE_LAYERS
 from search.config import build_config
-from search.evolution import Driver
+from search.engine.driver import Driver
 from helpers import QueuedExecutor
-from search.executor import evaluator_spec, make_screen
-from search.modes import get_mode
+from search.workers.executor import evaluator_spec, make_screen
+from search.engine.modes import get_mode
 from search.pareto import pareto_mask
-from search.store import MemoryStore, RunStore
-from search.surrogate import SurrogateEvaluator
+from search.store.writer import MemoryStore, RunStore
+from search.workers.surrogate import SurrogateEvaluator
 
 ARCHS = ("resnet", "mobilenetv2", "efficientnet")
 KEYS = tuple(f"acc_{a}" for a in ARCHS)

@@ -129,8 +129,8 @@ def test_missing_files_name_the_paths(tmp_path, monkeypatch):
         load_dataset("cifar10", data_root=tmp_path / "nowhere", download=False)
     msg = str(err.value)
     assert str(tmp_path / "nowhere") in msg and str(tmp_path / "cache") in msg and "\n" not in msg
-    import evaluators.datasets as datasets
-    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-files")
+    import evaluators.datasets.images as images
+    monkeypatch.setattr(images, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-files")
     with pytest.raises(DatasetError, match="not found"):
         load_dataset("fashion-mnist", data_root=tmp_path / "nowhere", download=False)
 

@@ -14,11 +14,11 @@ from evaluators.record import STATUSES
 from evaluators.screen import Screen
 from search.session import run_info
 from search.config import build_config
-from search.evolution import Driver
-from search.executor import LocalExecutor, evaluator_spec
-from search.modes import get_mode
-from search.rundir import load_run
-from search.store import RunStore
+from search.engine.driver import Driver
+from search.workers.executor import LocalExecutor, evaluator_spec
+from search.engine.modes import get_mode
+from search.store.reader import load_run
+from search.store.writer import RunStore
 
 ACCS = ("acc_resnet", "acc_mobilenetv2", "acc_efficientnet")
 KEYS = ("parent_id", "mutation", "graph_hash", "status", "equivalent_to", "steps_trained") + ACCS

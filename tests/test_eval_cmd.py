@@ -25,14 +25,13 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EVONORM_CACHE", str(tmp_path / "cache"))
-    import evaluators.datasets as datasets
-    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")
+    import evaluators.datasets.images as images
+    monkeypatch.setattr(images, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")
 
     def no_network(*args, **kwargs):
-        raise datasets.DatasetError("fashion-mnist files not found and download failed (offline)")
+        raise images.DatasetError("fashion-mnist files not found and download failed (offline)")
     for name in ("_download_fashion_mnist", "_fetch"):
-        if hasattr(datasets, name):
-            monkeypatch.setattr(datasets, name, no_network)
+        monkeypatch.setattr(images, name, no_network)
     code = main(["eval", "relu(x)", "--dataset", "cifar10", "--data-root", str(tmp_path / "empty")])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1 and "cifar" in err.lower()

@@ -15,12 +15,12 @@ from evaluators.trainer import TrainConfig, build_and_train
 from primitives import compile_layer, parse
 from primitives.library import REFERENCE_LAYERS
 from search.config import build_config
-from search.evolution import Driver
+from search.engine.driver import Driver
 from helpers import QueuedExecutor
-from search.executor import LocalExecutor, evaluator_spec, make_screen
-from search.hurdles import Hurdles
-from search.modes import get_mode
-from search.store import MemoryStore, RunStore
+from search.workers.executor import LocalExecutor, evaluator_spec, make_screen
+from search.engine.hurdles import Hurdles
+from search.engine.modes import get_mode
+from search.store.writer import MemoryStore, RunStore
 
 S0 = REFERENCE_LAYERS["evonorm-s0"]
 
@@ -101,7 +101,7 @@ def test_rungs_add_up_to_the_whole_training(evaluator):
 
 
 def test_a_rung_for_another_budget_fails_as_data(evaluator):
-    from search.executor import safe_train
+    from search.workers.executor import safe_train
     out = safe_train(evaluator, {"graph": parse(S0).to_json(), "steps": 5, "total": 300, "state": None})
     assert out["status"] == "failed" and "300" in out["reason"]
 

@@ -5,8 +5,8 @@ import pytest
 
 from primitives import Graph, parse
 from primitives.library import REFERENCE_LAYERS
-from search.modes import get_mode
-from search.mutation import KINDS, mutate
+from search.engine.modes import get_mode
+from search.engine.mutation import KINDS, mutate
 
 
 @pytest.mark.parametrize("mode_name", ["batch", "sample", "polynomial"])

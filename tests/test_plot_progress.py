@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from search.commands.plot import progress, reference_point
-from search.rundir import load_run
-from search.store import RunStore
+from search.store.reader import load_run
+from search.store.writer import RunStore
 
 ARCHS = ["resnet", "mobilenetv2"]
 

@@ -135,7 +135,7 @@ def test_search_submitted_as_a_ray_job(tmp_path):
         log = done.stdout + done.stderr
         assert done.returncode == 0, log[-3000:]
         assert "succeeded" in log and "2 worker(s), ray executor" in log
-        from search.rundir import load_run
+        from search.store.reader import load_run
         df = load_run(out).candidates
         assert sorted(df["id"]) == list(range(12))
         assert (df["worker"] != "driver").any()
@@ -156,11 +156,11 @@ def _lost_node_driver(address: str, raylet: int) -> None:
     import json
 
     from search.config import build_config
-    from search.evolution import Driver
-    from search.executor import evaluator_spec, make_screen
-    from search.modes import get_mode
-    from search.ray_executor import RayExecutor
-    from search.store import MemoryStore
+    from search.engine.driver import Driver
+    from search.workers.executor import evaluator_spec, make_screen
+    from search.engine.modes import get_mode
+    from search.workers.ray_executor import RayExecutor
+    from search.store.writer import MemoryStore
 
     def config(budget, seconds):
         return build_config(overrides=dict(evaluator="surrogate", budget=budget, population=6,

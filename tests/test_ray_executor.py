@@ -15,11 +15,11 @@ import pytest
 import ray
 
 from search.config import build_config  # noqa: E402
-from search.evolution import Driver  # noqa: E402
-from search.executor import evaluator_spec, make_screen  # noqa: E402
-from search.modes import get_mode  # noqa: E402
-from search.ray_executor import RayExecutor, WorkerStartError  # noqa: E402
-from search.store import MemoryStore  # noqa: E402
+from search.engine.driver import Driver  # noqa: E402
+from search.workers.executor import evaluator_spec, make_screen  # noqa: E402
+from search.engine.modes import get_mode  # noqa: E402
+from search.workers.ray_executor import RayExecutor, WorkerStartError  # noqa: E402
+from search.store.writer import MemoryStore  # noqa: E402
 
 SPEC = {"kind": "surrogate", "archs": ["resnet", "mobilenetv2", "efficientnet"], "eval": {}}
 LOCAL_CPUS = 2
@@ -192,7 +192,7 @@ def test_search_against_a_ray_head_on_loopback(tmp_path):
                                "--tournament", "3", "--surrogate-seconds", "0.05", "--out", str(out), "--quiet"],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        from search.rundir import load_run
+        from search.store.reader import load_run
         df = load_run(out).candidates
         assert len(df) == 30 and df["id"].is_unique
         trained = df[df["worker"] != "driver"]
@@ -223,5 +223,5 @@ def test_cli_default_executor_is_local_ray(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 worker(s), ray executor" in done.stderr
-    from search.rundir import load_run
+    from search.store.reader import load_run
     assert len(load_run(out).candidates) == 25

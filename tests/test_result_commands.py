@@ -10,8 +10,8 @@ import pytest
 
 from search.cli import main
 from search.pareto import pareto_mask_bruteforce
-from search.rundir import load_run
-from search.store import RunStore
+from search.store.reader import load_run
+from search.store.writer import RunStore
 
 
 def brute_front_ids(path) -> list[int]:

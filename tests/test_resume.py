@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from search.cli import main
-from search.rundir import load_run
+from search.store.reader import load_run
 
 SEARCH = [sys.executable, "-m", "search.cli", "search", "--evaluator", "surrogate", "--executor", "local",
           "--population", "10", "--tournament", "3", "--quiet"]

@@ -9,7 +9,7 @@ import pytest
 from primitives import parse
 from primitives.library import REFERENCE_LAYERS
 from search.cli import main
-from search.store import RunStore
+from search.store.writer import RunStore
 
 FRONT = ["x * sigmoid(x * v1) / layer_std(x) * gamma + beta", "tanh(x - instance_mean(x)) * gamma + beta",
          "relu(x / group_rms(x, groups=4)) * gamma"]
@@ -243,7 +243,7 @@ def test_a_stopped_retrain_resumes_from_its_journal_without_training_twice(run_d
 
 def test_a_changed_setting_does_not_replay_the_journal(run_dir, capsys, monkeypatch):
     import evaluators.trainer
-    from search.journal import Journal, key
+    from search.store.journal import Journal, key
     argv = ["--top", "1", "--no-baselines", "--seeds", "1", "--trials", "2", "--archs", "resnet", "--no-held-out"]
     journal = Journal(run_dir / "retrain.parquet.journal")
     done = dict(formula=str(parse(FRONT[0])), arch="resnet", lr=0.1, seed=0, split="val", steps=20,
@@ -270,7 +270,7 @@ def _rows(scores):
 
 
 def test_versus_flags_only_differences_beyond_two_standard_errors():
-    from search.retrain_report import versus
+    from search.analysis.report import versus
 
     rows = _rows({"bn-relu": {"resnet": [0.880, 0.882, 0.884], "plainnet": [0.80, 0.81, 0.82]},
                   # resnet: +1 point, SE 0.16: beyond; plainnet: +1 point but SE ~1: within
@@ -287,7 +287,7 @@ def test_versus_flags_only_differences_beyond_two_standard_errors():
 
 
 def test_report_puts_held_out_proxies_last_and_says_whether_any_layer_beats_bn_relu():
-    from search.retrain_report import report
+    from search.analysis.report import report
 
     tie = {"resnet": [0.88, 0.89, 0.90], "plainnet": [0.80, 0.81, 0.82]}
     text = report(_rows({"#1": tie, "bn-relu": tie}))
@@ -369,7 +369,7 @@ def test_ctrl_c_stops_a_retrain_in_worker_processes_at_once(run_dir):
 
 
 def test_a_torn_journal_line_does_not_swallow_the_next_entry(tmp_path):
-    from search.journal import Journal
+    from search.store.journal import Journal
 
     path = tmp_path / "j"
     Journal(path).add("a", {"accuracy": 0.5})
@@ -381,7 +381,7 @@ def test_a_torn_journal_line_does_not_swallow_the_next_entry(tmp_path):
 
 
 def test_bn_relu_on_the_front_is_the_reference_under_its_front_name():
-    from search.retrain_report import versus_table
+    from search.analysis.report import versus_table
 
     relu = str(parse(REFERENCE_LAYERS["bn-relu"]))
     rows = _rows({"#0": {"resnet": [0.88, 0.882, 0.884]}, "#5": {"resnet": [0.90, 0.902, 0.904]}})
@@ -394,7 +394,7 @@ def test_bn_relu_on_the_front_is_the_reference_under_its_front_name():
 
 
 def test_a_sample_mode_report_compares_with_the_batch_free_standards_too():
-    from search.retrain_report import report
+    from search.analysis.report import report
 
     tie = {"resnet": [0.88, 0.89, 0.90]}
     rows = _rows({"#1": {"resnet": [0.95, 0.96, 0.97]}, "bn-relu": tie, "gn-relu": tie, "evonorm-s0": tie})

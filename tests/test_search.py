@@ -7,12 +7,12 @@ import pytest
 
 from primitives import Graph
 from search.config import ConfigError, build_config
-from search.evolution import Driver
+from search.engine.driver import Driver
 from helpers import QueuedExecutor
-from search.executor import LocalExecutor, evaluator_spec, make_screen
-from search.modes import get_mode
+from search.workers.executor import LocalExecutor, evaluator_spec, make_screen
+from search.engine.modes import get_mode
 from evaluators.record import STATUSES
-from search.store import MemoryStore
+from search.store.writer import MemoryStore
 
 RECORD_COLUMNS = ["id", "parent_id", "formula", "graph", "graph_hash", "status", "reason", "equivalent_to",
                   "params_per_channel", "uses_batch_stats", "poly_degree", "steps_trained", "seconds", "worker",
@@ -132,7 +132,7 @@ SURROGATE = ["--evaluator", "surrogate", "--executor", "local", "--population", 
 
 def test_cli_run_writes_every_design_column_and_the_front(tmp_path, capsys):
     from search.pareto import pareto_mask_bruteforce
-    from search.rundir import load_run
+    from search.store.reader import load_run
     out = tmp_path / "run"
     rc, cap = _cli(["search", *SURROGATE, "--budget", "60", "--out", str(out), "--flush-every", "7"], capsys)
     assert rc == 0, cap.err
@@ -210,7 +210,7 @@ def test_cli_refuses_non_empty_out_and_missing_resume_dir(tmp_path, capsys):
 
 def test_cli_real_training_on_the_synthetic_set(tmp_path, capsys):
     """The real screen and evaluator (synthetic data, a few steps), local executor."""
-    from search.rundir import load_run
+    from search.store.reader import load_run
     out = tmp_path / "run"
     rc, cap = _cli(["search", "--dataset", "synthetic", "--steps", "12", "--executor", "local", "--budget", "10",
                     "--population", "4", "--tournament", "2", "--out", str(out), "--quiet",
@@ -236,7 +236,7 @@ def test_evolution_starts_after_p_proposals_even_when_few_of_them_trained():
     (a default run: an hour, 160 random proposals). Here the screen rejects everything but
     the seeds, so the population stays at the seeds; from id P on every proposal is a
     mutation of one of them."""
-    from search.executor import make_screen as real_screen
+    from search.workers.executor import make_screen as real_screen
 
     def seeds_only(spec):
         screen = real_screen(spec)

@@ -1,7 +1,7 @@
 """Aging evolution: the oldest leaves; the tournament winner is on the sample's Pareto front."""
 import random
 
-from search.selection import Member, Population, tournament
+from search.engine.selection import Member, Population, tournament
 
 
 def _dominates(a, b, goals):

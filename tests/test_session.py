@@ -9,7 +9,7 @@ import pytest
 
 from search.config import build_config
 from search.errors import ConfigError, EvonormError, RunDirError, UsageError
-from search.rundir import load_run
+from search.store.reader import load_run
 from search.session import Session
 
 FAST = {"evaluator": "surrogate", "executor": "local", "population": 6, "tournament": 2,

@@ -1,4 +1,4 @@
-"""search.store.RunStore (the writer) and search.rundir.load_run (the reader)."""
+"""search.store.writer.RunStore (the writer) and search.store.reader.load_run (the reader)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +14,8 @@ import pytest
 from conftest import synthetic_records, write_run
 from evaluators.record import STATUSES
 from search.pareto import pareto_mask_bruteforce
-from search.rundir import RunDirError, load_run
-from search.store import RunStore
+from search.store.reader import RunDirError, load_run
+from search.store.writer import RunStore
 
 ARCHS = ("resnet", "mobilenetv2")
 

@@ -13,7 +13,7 @@ from primitives.codegen import is_unit_coefficient
 from primitives.coefficients import NotPolynomialError, coefficient_table, evaluate_table, table_csv
 from primitives.library import REFERENCE_LAYERS
 from search.cli import main
-from search.modes import get_mode
+from search.engine.modes import get_mode
 
 BN = "(x - batch_mean(x)) / batch_std(x)"
 
@@ -79,7 +79,7 @@ def test_polynomial_mode_random_layers_respect_the_bound():
 
 def test_describe_records_the_inference_degree():
     from evaluators.screen import describe
-    from search.rundir import candidate_schema
+    from search.store.reader import candidate_schema
     assert describe(parse(f"poly({BN}, order=3)"))["inference_degree"] == 3
     assert describe(parse(REFERENCE_LAYERS["bn-relu"]))["inference_degree"] is None
     field = candidate_schema(["resnet"]).field("inference_degree")

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from search.cli import main
-from search.files import UnwritableError, check_writable_dir, check_writable_file, write_atomic
+from search.store.files import UnwritableError, check_writable_dir, check_writable_file, write_atomic
 
 
 def cli(capsys, *argv):

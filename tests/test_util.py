@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluators import datasets
+from evaluators.datasets import images as datasets
 from primitives.util import is_missing, one_line, write_atomic
-from search import files
+from search.store import files
 
 
 def test_one_line_folds_names_and_cuts():
@@ -25,7 +25,7 @@ def test_one_line_folds_names_and_cuts():
     assert len(one_line(ValueError("x" * 1000), limit=None)) == len("ValueError: ") + 1000
 
 
-@pytest.mark.parametrize("write", [write_atomic, files.write_atomic], ids=["util", "search.files"])
+@pytest.mark.parametrize("write", [write_atomic, files.write_atomic], ids=["util", "search.store.files"])
 def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, write):
     target = tmp_path / "out.bin"
     write(target, b"old")

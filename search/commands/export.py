@@ -12,7 +12,7 @@ import sys
 
 from primitives.util import one_line
 from search.errors import UsageError
-from search.files import check_writable_file, write_atomic
+from search.store.files import check_writable_file, write_atomic
 
 
 def add_arguments(parser):
@@ -98,7 +98,7 @@ def _export_coefficients(graph, args) -> int:
 
 
 def _from_run(run_dir, cid, Graph, GraphError):
-    from search.rundir import RunDirError, load_run
+    from search.store.reader import RunDirError, load_run
 
     try:
         run = load_run(run_dir)

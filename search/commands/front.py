@@ -14,7 +14,7 @@ def add_arguments(parser):
 
 def load(run_dir):
     """The run, or a UsageError naming what is wrong with the directory."""
-    from search.rundir import RunDirError, load_run
+    from search.store.reader import RunDirError, load_run
 
     try:
         return load_run(run_dir)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from primitives.util import is_missing
 from search.cli import UsageError
-from search.files import check_writable_file, write_atomic
-from search.retrain_report import references
+from search.store.files import check_writable_file, write_atomic
+from search.analysis.report import references
 
 STATUS_COLORS = {"ok": "#2a9d3f", "invalid": "#9e9e9e", "duplicate": "#b0b7c3", "equivalent": "#8fa3bf",
                  "unstable": "#e07b39", "low_quality": "#d4a017", "failed": "#c0392b"}
@@ -228,7 +228,7 @@ def _funnel_panel(ax, df) -> None:
     """How many candidates ended in each status (the rejection funnel)."""
     import numpy as np
 
-    from search.rundir import STATUSES
+    from search.store.reader import STATUSES
 
     counts = df["status"].value_counts()
     statuses = list(STATUSES) + sorted(set(counts.index) - set(STATUSES))
@@ -251,7 +251,7 @@ def _retrain_panel(ax, rows, references) -> None:
     standard error, the mode's references hollow, so the verdicts `evonorm show` prints
     (a difference beyond two standard errors) can be seen. Layers far below the best
     (a failed unit at chance) would flatten the rest: they fall below the axes, counted."""
-    from search.retrain_report import mean_se, proxies, reference_name
+    from search.analysis.report import mean_se, proxies, reference_name
 
     archs, held_out = proxies(rows)
     archs += held_out

@@ -21,8 +21,8 @@ layer transfers as well as BN-ReLU when its gap is no worse than BN-ReLU's.
 `--batch-size B` trains at batch B; unless `--lr-range` is given the range
 scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start.
 Rows land in DIR/retrain.parquet (written atomically); the table of mean and
-spread and the comparison with BN-ReLU are printed (`search.retrain_report`; `evonorm
-show DIR` prints them again). Every training is journaled as it finishes (`search.journal`,
+spread and the comparison with BN-ReLU are printed (`search.analysis.report`; `evonorm
+show DIR` prints them again). Every training is journaled as it finishes (`search.store.journal`,
 DIR/retrain.parquet.journal until the table is written), so a retrain stopped
 part-way resumes when the same command is run again. With `--workers N` the layers are spread over N spawned
 processes (one torch thread each); rows still come back in layer order.
@@ -39,9 +39,9 @@ DEFAULT_TRIALS = 12
 LR_RANGE_AT_128 = (0.02, 0.5)
 
 from search.errors import UsageError
-from search.files import check_writable_file, write_atomic
-from search.journal import Journal, key
-from search.retrain_report import finite_accs, report
+from search.store.files import check_writable_file, write_atomic
+from search.store.journal import Journal, key
+from search.analysis.report import finite_accs, report
 
 
 def add_arguments(parser):
@@ -73,7 +73,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from search.rundir import RunDirError, load_run
+    from search.store.reader import RunDirError, load_run
 
     if args.workers < 1:
         raise UsageError("--workers must be positive")

@@ -1,13 +1,13 @@
 """`evonorm show DIR ID`: one candidate: formula, status, scores, timings and its lineage.
 `evonorm show DIR`: the run's accounting (judged per worker-hour, trainings saved), see
-`search.accounting`, and the retrain's report when DIR/retrain.parquet exists."""
+`search.analysis.accounting`, and the retrain's report when DIR/retrain.parquet exists."""
 from __future__ import annotations
 
 import json
 
 from primitives.util import is_missing, one_line
 from search.cli import UsageError
-from search.files import write_atomic
+from search.store.files import write_atomic
 
 
 def add_arguments(parser):
@@ -136,7 +136,7 @@ def run(args) -> int:
 
 
 def _accounting(args) -> int:
-    from search.accounting import account
+    from search.analysis.accounting import account
     from search.commands.front import load
 
     if args.graph is not None:
@@ -147,7 +147,7 @@ def _accounting(args) -> int:
     if rows is None and args.retrain is not None:
         raise UsageError(f"--retrain {args.retrain}: no such file")
     if rows is not None:
-        from search.retrain_report import report
+        from search.analysis.report import report
 
         print(f"\nretrain ({args.retrain or run.retrain_path})\n" + report(rows, run.mode))
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from primitives.util import is_missing, one_line
 from search.errors import UsageError
-from search.files import check_writable_file
+from search.store.files import check_writable_file
 
 
 def add_arguments(parser):

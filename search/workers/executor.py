@@ -8,7 +8,7 @@
     executor.close()
 
 `LocalExecutor` trains in this process, one candidate at a time, inside
-`wait` (tests, and a single GPU without Ray). `search.ray_executor.RayExecutor`
+`wait` (tests, and a single GPU without Ray). `search.workers.ray_executor.RayExecutor`
 trains on Ray worker actors. Both build their evaluator from a plain dict
 (`evaluator_spec`), so the same spec travels to remote workers.
 """
@@ -37,7 +37,7 @@ def evaluator_spec(config) -> dict:
 
 def make_evaluator(spec: dict):
     if spec["kind"] == "surrogate":
-        from .surrogate import SurrogateEvaluator
+        from search.workers.surrogate import SurrogateEvaluator
         return SurrogateEvaluator(spec["archs"], seconds=spec.get("surrogate_seconds", 0.0))
     from evaluators.evaluate import EvalConfig, Evaluator
     return Evaluator(EvalConfig.from_dict(spec["eval"]))
@@ -46,7 +46,7 @@ def make_evaluator(spec: dict):
 def make_screen(spec: dict):
     """The driver-side cheap rejection that matches the evaluator."""
     if spec["kind"] == "surrogate":
-        from .surrogate import SurrogateScreen
+        from search.workers.surrogate import SurrogateScreen
         return SurrogateScreen()
     from evaluators.evaluate import EvalConfig, Screen
     return Screen(EvalConfig.from_dict(spec["eval"]))

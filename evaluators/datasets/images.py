@@ -1,4 +1,4 @@
-"""Proxy datasets, held in device memory and augmented on the device.
+"""Image datasets, held in device memory and augmented on the device.
 
 `load_dataset(name, device)` returns an `ImageDataset`: uint8 images (N, C, H, W)
 and int64 labels, already on the device, split into train / val (carved from
@@ -40,6 +40,8 @@ import torch
 
 from primitives.util import write_atomic
 
+from evaluators.datasets.base import DatasetError, cache_dir
+
 DATASET_NAMES = ("fashion-mnist", "cifar10", "synthetic")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -55,14 +57,6 @@ CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR10_TEST = "test_batch.bin"
 CIFAR10_RECORD = 1 + 3 * 32 * 32
-
-
-class DatasetError(ValueError):
-    """Bad dataset name, or data files that are missing, truncated or corrupt."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EVONORM_CACHE") or Path.home() / ".cache" / "evonorm")
 
 
 @dataclass

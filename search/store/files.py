@@ -14,7 +14,7 @@ from pathlib import Path
 
 from primitives.util import write_atomic as _write_atomic
 
-from .errors import UnwritableError  # noqa: F401  (raised here; defined with the other user errors)
+from search.errors import UnwritableError  # noqa: F401  (raised here; defined with the other user errors)
 
 
 def _why(err: OSError) -> str:

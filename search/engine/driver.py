@@ -39,11 +39,11 @@ from datetime import datetime, timezone
 
 from primitives import Graph, GraphError, parse
 
-from .hurdles import Hurdles
-from .modes import Mode
-from .mutation import mutate
-from .pareto import pareto_mask
-from .selection import Member, Population, tournament
+from search.engine.hurdles import Hurdles
+from search.engine.modes import Mode
+from search.engine.mutation import mutate
+from search.pareto import pareto_mask
+from search.engine.selection import Member, Population, tournament
 
 from evaluators.record import GRAPH_FIELDS, STATUSES, VERDICT
 

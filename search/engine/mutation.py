@@ -24,7 +24,7 @@ from primitives import Graph, GraphError
 from primitives.ops import LEARNABLE_VECTORS, OPS
 from primitives.random_graph import CONSTANTS, KEYWORD_MENU, random_keywords, random_terminal
 
-from .modes import Mode, get_mode
+from search.engine.modes import Mode, get_mode
 
 class _N:
     __slots__ = ("op", "inputs", "attrs")

@@ -1,4 +1,4 @@
-"""Proxy architectures: small versions of real designs for 16x16, 28x28 and 32x32 images.
+"""The convolutional proxies: small versions of real designs for 16x16, 28x28 and 32x32 images.
 
 Each proxy takes `layer_factory(channels) -> nn.Module` and calls it at EVERY
 place where the full-size design has a normalization-activation pair or a
@@ -35,22 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-PROXY_NAMES = ("resnet", "mobilenetv2", "efficientnet", "plainnet")
-# the proxies a search uses by default; the rest are held out, to test transfer (`retrain`)
-SEARCH_PROXIES = ("resnet", "mobilenetv2", "efficientnet")
-HELD_OUT = tuple(n for n in PROXY_NAMES if n not in SEARCH_PROXIES)
 LayerFactory = Callable[[int], nn.Module]
-
-DEFAULTS = {  # name -> (width, depth)
-    "resnet": (16, 1),
-    "mobilenetv2": (16, 1),
-    "efficientnet": (16, 1),
-    "plainnet": (16, 2),
-}
-
-
-class ProxyError(ValueError):
-    """Unknown proxy name or bad proxy settings."""
 
 
 def _conv(cin, cout, k=3, stride=1, groups=1):
@@ -181,49 +166,3 @@ class PlainProxy(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
-# ----------------------------------------------------------------------------- factory
-
-def build_proxy(name: str, layer_factory: LayerFactory, in_channels: int, num_classes: int,
-                image_size: int, width: int | None = None, depth: int | None = None) -> nn.Module:
-    """A proxy network for (in_channels, image_size, image_size) inputs.
-    `layer_factory(channels)` supplies every normalization-activation layer."""
-    if name not in PROXY_NAMES:
-        raise ProxyError(f"unknown proxy architecture {name!r} (expected one of: {', '.join(PROXY_NAMES)})")
-    dw, dd = DEFAULTS[name]
-    width = dw if width is None else width
-    depth = dd if depth is None else depth
-    for key, value in (("width", width), ("depth", depth), ("in_channels", in_channels),
-                       ("num_classes", num_classes), ("image_size", image_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ProxyError(f"{name}: {key} must be a positive integer, got {value!r}")
-    if image_size < 8:
-        raise ProxyError(f"{name}: image_size {image_size} is too small (at least 8)")
-    # like the full-size designs, the stem downsamples (the 16x16 synthetic images stay whole)
-    stem_stride = 2 if image_size >= 24 else 1
-    if name == "resnet":
-        return ResNetProxy(layer_factory, in_channels, num_classes, width, depth, stem_stride)
-    if name == "plainnet":
-        return PlainProxy(layer_factory, in_channels, num_classes, width, depth, stem_stride)
-    if name == "mobilenetv2":
-        return MobileProxy(layer_factory, in_channels, num_classes, width, depth, MOBILENETV2_STAGES,
-                           stem_stride=stem_stride)
-    return MobileProxy(layer_factory, in_channels, num_classes, width, depth, EFFICIENTNET_STAGES,
-                       se_ratio=0.25, stem_stride=stem_stride)
-
-
-def norm_positions(name: str, depth: int | None = None) -> int:
-    """How many times `build_proxy(name, ...)` calls the layer factory."""
-    if name not in PROXY_NAMES:
-        raise ProxyError(f"unknown proxy architecture {name!r} (expected one of: {', '.join(PROXY_NAMES)})")
-    depth = DEFAULTS[name][1] if depth is None else depth
-    if name == "resnet":
-        return 6 * depth + 1
-    if name == "plainnet":
-        return 3 * depth + 1
-    stages = MOBILENETV2_STAGES if name == "mobilenetv2" else EFFICIENTNET_STAGES
-    count = 2  # stem and head
-    for expand, _, n, _, _ in stages:
-        count += (depth if n is None else n) * (3 if expand != 1 else 2)
-    return count

@@ -22,7 +22,7 @@ from evaluators.record import acc_columns
 from evaluators.record import schema as candidate_schema  # the record's schema, named for this module
 from primitives.util import one_line
 
-from .errors import RunDirError
+from search.errors import RunDirError
 PART_RE = re.compile(r"^part-(\d+)\.parquet$")
 CANDIDATES = "candidates"
 RUN_JSON = "run.json"
@@ -86,7 +86,7 @@ def archs_of(info: dict) -> list[str]:
 
 def objectives_of(info: dict) -> list[tuple[str, str]]:
     """[(column, goal)]; default: every proxy accuracy, maximised."""
-    from .pareto import normalize_objectives
+    from search.pareto import normalize_objectives
 
     objs = info.get("objectives")
     if objs is None:
@@ -219,7 +219,7 @@ class Run:
 
     def front(self):
         """The Pareto front of the `ok` records over the run's objectives (DataFrame, id order)."""
-        from .pareto import front_table
+        from search.pareto import front_table
 
         return front_table(self.candidates, self.objectives)
 

@@ -12,7 +12,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from .pareto import pareto_mask
+from search.pareto import pareto_mask
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections import Counter, deque
 
 from primitives.util import one_line
 
-from .executor import Executor, Finished, make_evaluator, safe_train
+from search.workers.executor import Executor, Finished, make_evaluator, safe_train
 
 
 class _Worker:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from evaluators import record as _record
 
-from .files import write_atomic as _write_atomic  # one atomic writer for every output
-from .pareto import pareto_mask
-from .rundir import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_of,
+from search.store.files import write_atomic as _write_atomic  # one atomic writer for every output
+from search.pareto import pareto_mask
+from search.store.reader import (CANDIDATES, FRONT, RUN_JSON, STATUSES, RunDirError, archs_of,
                      candidate_schema, objectives_of, part_files, read_parts, read_run_json,
                      to_pandas)
 

@@ -1,0 +1,1 @@
+"""The evolution: the driver loop, selection, mutation, search modes and progressive hurdles."""

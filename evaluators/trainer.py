@@ -215,12 +215,12 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     grows like the moments E[e^2k] of its input, outliers included: at the full rate
     a cubic's leading coefficient grew to 0.2 in 30 steps, then the loss to 1e12. A
     rational unit, whose denominator tames its tails, takes a higher rate than a
-    polynomial, which has nothing to (README, "Polynomial and rational units").
+    polynomial, which has nothing to (docs/units.md).
 
     A shared unit (`shared=1`: one coefficient column for C channels) gets a gradient
     summed over its channels; its group's rate divides by C, so it steps on their mean,
     `config.shared_boost` times faster than a per-channel unit: shared, the rational
-    trained best at ten times the per-channel rate (README)."""
+    trained best at ten times the per-channel rate (docs/units.md)."""
     rate = {"poly": config.poly_lr, "rational": config.rational_lr}
     units = {kind: [] for kind in rate}
     rest, shared = [], []
@@ -418,7 +418,7 @@ def _clip(opt, max_norm: float | None) -> None:
     """Bound the network's step at the one search rate: layers at the edge of stability
     (GN-ReLU, LN-GELU, PolyNorm on the mobile proxies) spiked at the warm-up's peak and
     never recovered. Unit coefficients are left out: their own small rates bound them, and
-    a rational's large gradients would otherwise shrink the whole network's step (README)."""
+    a rational's large gradients would otherwise shrink the whole network's step (docs/units.md)."""
     if max_norm is not None:
         params = [p for g in opt.param_groups if g.get("clip", True) for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)

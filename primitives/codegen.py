@@ -404,7 +404,7 @@ def _emit_unit(node, arg: str, index: int, m: _Module, full: bool = True) -> tup
 
 # A `poly(e, norm=1)` starts as e + 0.4 * N(e ** 2), not the identity: learned from 0 the
 # square's weight stays near 0 (84-85%, as for the identity); started at 0.4 (about the
-# curvature of ReLU's least-squares quadratic) it trains within 2 points of BN-ReLU (README).
+# curvature of ReLU's least-squares quadratic) it trains within 2 points of BN-ReLU (docs/units.md).
 NORMALISED_SQUARE_START = 0.4
 
 

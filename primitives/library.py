@@ -35,12 +35,12 @@ REFERENCE_LAYERS: dict[str, str] = {
     # per-channel quadratic of x). A raw square compounds a BatchNorm output's tail position
     # after position (max |y| 1,300 at init on mobilenetv2 for 0.2 * e**2), and a poly unit's
     # raw-power coefficients break the mobile proxies even at a rate of 0.001 x lr; in the
-    # normalised basis the curvature is a plain per-channel weight, v1 (README,
-    # "Polynomial and rational units").
+    # normalised basis the curvature is a plain per-channel weight, v1
+    # (docs/units.md).
     "bn-poly": f"({BN_PLAIN} + 0.4 * v1 * {SQUARE_NORMALISED}) * gamma + beta",
     # One rational for all of a position's channels (KAT shares one per channel group): per
     # channel, the rational sat 2.5 points below BN-ReLU on mobilenetv2 with a 3.3-point seed
-    # spread; shared, it is within a point of BN-ReLU on every proxy (README).
+    # spread; shared, it is within a point of BN-ReLU on every proxy (docs/units.md).
     "bn-rational": f"rational({BN_PLAIN}, shared=1) * gamma + beta",
     # CryptoNets' square activation behind batch normalisation: the classic layer for
     # encrypted inference, the baseline of polynomial mode.

@@ -63,10 +63,10 @@ ORDER = Keyword(int, 3, 1, 9)
 RATIONAL_P = Keyword(int, 5, 1, 9)
 RATIONAL_Q = Keyword(int, 4, 1, 9)
 # shared=1: one coefficient set for all of a layer's channels instead of one per channel
-# (KAT's group-shared rationals, with one group): README, "Polynomial and rational units"
+# (KAT's group-shared rationals, with one group): docs/units.md
 SHARED = Keyword(int, 0, 0, 1, optional=True)
 # norm=1: a poly unit's powers e**k, k >= 2, each batch-normalised (constants at inference):
-# README, "Polynomial and rational units"
+# docs/units.md
 NORM = Keyword(int, 0, 0, 1, optional=True)
 
 

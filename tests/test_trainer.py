@@ -225,14 +225,14 @@ def test_train_and_score_directly(synthetic):
 
 # -- slow: the default budget on real Fashion-MNIST ----------------------------------------------
 
-# Known shortfalls of the 80% goal (README, "Polynomial and rational units"), one seed and
+# Known shortfalls of the 80% goal (docs/units.md), one seed and
 # one thread each, strict: the square baseline fails on every proxy (measured: resnet 17.7%,
 # the mobile proxies at chance or more than 1% of rows non-finite), and a pass would mean the
 # baseline changed.
 POLY_UNIT = "poly((x - batch_mean(x)) / batch_std(x), norm=1) * gamma + beta"
 _SHORTFALLS = {
-    # the square baseline: a reference point for polynomial mode, not held to the goal (README,
-    # "Polynomial and rational units": escaping activations; a boundary penalty reached 79.7% on
+    # the square baseline: a reference point for polynomial mode, not held to the goal
+    # (docs/units.md, "The square baseline": escaping activations; a boundary penalty reached 79.7% on
     # resnet only)
     ("resnet", "bn-square"): "15%: the square does not learn at lr 0.1 or 0.01, clipped or not",
     ("mobilenetv2", "bn-square"): "chance, or more than 1% of rows non-finite in evaluation",
@@ -253,7 +253,7 @@ def _cases(layers):
 @pytest.mark.parametrize("arch,layer", _cases(reference_factories()))
 def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
     # every reference layer on every search proxy: 45 trainings of 15-40 s each, one thread
-    # (measured accuracies: README, "Polynomial and rational units")
+    # (measured accuracies: docs/units.md)
     result = default_training(arch, layer)
     assert result.reason is None, result.reason
     assert result.steps_done == TrainConfig().steps

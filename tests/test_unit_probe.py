@@ -1,4 +1,4 @@
-"""benchmarks/unit_probe.py's training variants (README, "Polynomial and rational units"):
+"""benchmarks/unit_probe.py's training variants (docs/units.md):
 the measurements behind the units' recipe come from them, so they must do what they say."""
 import importlib.util
 from pathlib import Path

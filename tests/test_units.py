@@ -217,7 +217,7 @@ def test_unit_layers_train_on_synthetic_data_without_blowing_up(name):
     result = build_and_train("resnet", lambda c: compile_layer(g, c), ds,
                              TrainConfig(steps=60, batch_size=64, lr=0.1, compile=False, threads=1), "cpu", width=8)
     assert result.ok, result.reason  # before: non-finite losses within 35 steps at lr 0.1
-    if name != "bn-square":  # the square does not learn at lr 0.1 (README), but stays finite
+    if name != "bn-square":  # the square does not learn at lr 0.1 (docs/units.md), but stays finite
         assert result.accuracy > 0.2, result  # chance is 0.1; BN-ReLU reaches 0.98 here
 
 

@@ -1,7 +1,7 @@
 """The retrain's report: each layer's test accuracy per proxy, and how it compares with BN-ReLU.
 
 `retrain` prints it when it finishes; `evonorm show DIR` prints it again from
-DIR/retrain.parquet, so the numbers a README quotes can be regenerated without
+DIR/retrain.parquet, so the numbers results/README.md quotes can be regenerated without
 training. A layer "beats" the reference on a proxy when its mean test accuracy
 exceeds the reference's by more than two standard errors of the difference
 (Welch's: sqrt(s1²/n1 + s2²/n2) over the seeds). With 3 seeds that is a loose

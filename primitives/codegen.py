@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .formula import parse, reading_order
+from .formula import parse
+from .printer import reading_order
 from .graph import Graph
 from .ops import DEFAULT_EPS, FULL, VECTOR_INIT, get_op, normalised_powers
 

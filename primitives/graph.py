@@ -20,6 +20,7 @@ import torch
 
 from .errors import GraphError
 from .ops import FULL, LEARNABLE_VECTORS, MOMENT_SHAPE, OPS, Op
+from .printer import node_label, to_formula
 
 MAX_NODES = 100        # distinct operations in one layer
 MAX_TREE_SIZE = 2000   # nodes of the expression written out as a tree (bounds the printed formula)
@@ -184,8 +185,6 @@ class Graph:
         that differ from the defaults); an edge `j -> i` for each input `j` of node `i`,
         with attribute `slots`, the input positions it feeds (`x * x`: (0, 1)). The graph
         attribute `output` is the output node. Node numbers are a topological order."""
-        from .formula import node_label
-
         dag = _to_networkx(self._nodes)
         for i, node in enumerate(self._nodes):
             dag.nodes[i]["label"] = node_label(node)
@@ -210,7 +209,6 @@ class Graph:
         return hash(self.hash)
 
     def __str__(self) -> str:
-        from .formula import to_formula
         return to_formula(self)
 
     def __repr__(self) -> str:

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from primitives import FormulaError, parse
-from primitives.formula import format_number
+from primitives.printer import format_number
 from primitives.library import REFERENCE_LAYERS
 
 CONTRACT_EXAMPLES = [

@@ -20,13 +20,14 @@ import math
 import torch
 
 from .graph import Graph
+from .errors import EvonormError
 
 # The fit must reproduce the module at its sample points to this relative error;
 # beyond it the table would not be the layer (e.g. a degree too high for float64).
 RESIDUAL_TOLERANCE = 1e-9
 
 
-class NotPolynomialError(ValueError):
+class NotPolynomialError(EvonormError, ValueError):
     """The layer is not a per-channel polynomial of x at inference."""
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UnwritableError
+
 
 def one_line(err: BaseException, limit: int | None = 300, kind: bool = True) -> str:
     """An exception as one line: its message with white space folded (a multi-line
@@ -25,8 +27,10 @@ def write_atomic(path, content) -> None:
     """Write `content` (bytes, str, or a function that writes to a binary file object) to
     `path` through a hidden temporary file next to it, flushed to disk and renamed over
     it, so a reader, a crash or a full disk sees the old file or the new one, never half
-    of one. On any failure nothing at `path` changes, the temporary file is gone and the
-    exception goes on unchanged (search.store.files turns OSErrors into one-line errors)."""
+    of one. On any failure nothing at `path` changes and the temporary file is gone; an
+    OSError (a missing or read-only directory, a full disk) becomes an `UnwritableError`
+    naming the path, any other exception goes on unchanged. Every output of the package is
+    written through here."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -38,11 +42,13 @@ def write_atomic(path, content) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and not isinstance(err, UnwritableError):
+            raise UnwritableError(f"cannot write {path}: {err.strerror or type(err).__name__}") from err
         raise
     _fsync_dir(path.parent)
 

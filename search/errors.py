@@ -1,17 +1,16 @@
 """The errors a user can cause, in one module that the library and the CLI both import.
 
-Each is an `EvonormError`: bad input a person can fix (a flag, a config value, a run
+Each is an `EvonormError` (defined in `primitives.errors`, the bottom layer, which the
+evaluators' errors derive from too): bad input a person can fix (a flag, a config value, a run
 directory, an output path, a cluster address). A Python caller catches them like any
 exception; the CLI prints the message as one line on stderr and exits with status 2.
-This module imports nothing from the package, so the session, the config, the run
+This module imports nothing from the package but the base, so the session, the config, the run
 store and the commands can all raise these without importing the CLI (Optuna keeps
 its errors apart the same way, in optuna/exceptions.py).
 """
 from __future__ import annotations
 
-
-class EvonormError(Exception):
-    """Bad input; its message is one line that names what to fix."""
+from primitives.errors import EvonormError, UnwritableError  # noqa: F401  (defined at the bottom layer)
 
 
 class UsageError(EvonormError):
@@ -24,10 +23,6 @@ class ConfigError(EvonormError, ValueError):
 
 class RunDirError(EvonormError, ValueError):
     """A missing, unreadable or corrupt run directory; the message names the file."""
-
-
-class UnwritableError(EvonormError, OSError):
-    """An output that cannot be written; the message names the path."""
 
 
 class ClusterError(EvonormError):

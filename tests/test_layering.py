@@ -62,3 +62,20 @@ def test_no_import_circles_between_modules(package):
     edges = [(a, b) for a, b in inner.edges if not (b == a.rsplit(".", 1)[0] or a == b.rsplit(".", 1)[0])]
     cycles = list(nx.simple_cycles(nx.DiGraph(edges)))
     assert cycles == []
+
+
+def test_every_error_a_user_can_see_derives_from_one_base():
+    """Each exception class the package defines is an EvonormError, which the CLI turns into one
+    line and exit status 2: a user never sees a traceback for bad input."""
+    import importlib
+    import inspect
+
+    from primitives.errors import EvonormError
+
+    defined = []
+    for module in import_graph():
+        for name, obj in vars(importlib.import_module(module)).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module:
+                defined.append(obj)
+    assert len(defined) >= 10
+    assert [c.__qualname__ for c in defined if not issubclass(c, EvonormError)] == []

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from primitives.errors import EvonormError
 
-class DatasetError(ValueError):
+
+class DatasetError(EvonormError, ValueError):
     """Bad dataset name, or data files that are missing, truncated or corrupt."""
 
 

@@ -17,11 +17,12 @@ from typing import Callable
 from torch import nn
 
 from evaluators.proxies import cnn
+from primitives.errors import EvonormError
 
 LayerFactory = Callable[[int], nn.Module]
 
 
-class ProxyError(ValueError):
+class ProxyError(EvonormError, ValueError):
     """Unknown proxy name or bad proxy settings."""
 
 

@@ -12,25 +12,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from primitives.util import write_atomic as _write_atomic
-
-from search.errors import UnwritableError  # noqa: F401  (raised here; defined with the other user errors)
+from primitives.errors import UnwritableError
+from primitives.util import write_atomic  # noqa: F401  (the one atomic writer, part of this module's face)
 
 
 def _why(err: OSError) -> str:
     return err.strerror or type(err).__name__
-
-
-def write_atomic(path, content) -> None:
-    """Write `content` (bytes, str, or a function that writes to a binary file object) to
-    `path` through a temporary file renamed over it (`primitives.util.write_atomic`). On
-    failure nothing at `path` changes; an OSError becomes an `UnwritableError`."""
-    try:
-        _write_atomic(path, content)
-    except OSError as err:
-        if isinstance(err, UnwritableError):
-            raise
-        raise UnwritableError(f"cannot write {path}: {_why(err)}") from err
 
 
 def check_writable_file(path) -> None:

@@ -19,6 +19,7 @@ from collections import Counter, deque
 
 from primitives.util import one_line
 
+from search.errors import ClusterError
 from search.workers.executor import Executor, Finished, make_evaluator, safe_train
 
 
@@ -111,7 +112,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port} ({err.strerror or err})") from None
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(ClusterError):
     """A worker actor raised while building its evaluator: the cluster, not a candidate, is wrong."""
 
 

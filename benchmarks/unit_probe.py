@@ -61,9 +61,10 @@ def share_unit_coefficients(model) -> None:
     """Channels start with equal coefficients (the identity); averaging each step's gradient
     over channels keeps them equal: one shared unit per position, as KAT shares a rational
     across a group of channels."""
-    from primitives.codegen import unit_of
+    from primitives.codegen import unit_parameters
+    units = unit_parameters(model)
     for name, p in model.named_parameters():
-        if unit_of(name):
+        if name in units:
             p.register_hook(lambda g: g.mean(dim=1, keepdim=True).expand_as(g).contiguous())
 
 
@@ -71,8 +72,9 @@ def bound_poly_coefficients(model, bound: float):
     """Projected SGD on the units' curvature: after every optimiser step each poly unit's
     coefficients of e**2 and higher powers are clamped to [-bound, bound], so a unit may
     learn its curvature but not grow it past what the mobile proxies' chains survive."""
-    from primitives.codegen import unit_of
-    coefficients = [p for name, p in model.named_parameters() if unit_of(name) == "poly"]
+    from primitives.codegen import unit_parameters
+    units = unit_parameters(model)
+    coefficients = [p for name, p in model.named_parameters() if units.get(name) == "poly"]
 
     def clamp(optimizer, args, kwargs):
         with torch.no_grad():

@@ -61,7 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from primitives.codegen import unit_of
+from primitives.codegen import unit_parameters
+from primitives.ops import OPS
 from primitives.util import one_line
 
 from .proxies import build_proxy
@@ -221,20 +222,22 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     summed over its channels; its group's rate divides by C, so it steps on their mean,
     `config.shared_boost` times faster than a per-channel unit: shared, the rational
     trained best at ten times the per-channel rate (docs/units.md)."""
-    rate = {"poly": config.poly_lr, "rational": config.rational_lr}
-    units = {kind: [] for kind in rate}
+    kinds = unit_parameters(model)              # parameter name -> unit op
+    units = {name: [] for name, op in OPS.items() if op.kind == "unit"}   # a group per kind, even empty
     rest, shared = [], []
     for name, p in model.named_parameters():
-        kind = unit_of(name)
+        kind = kinds.get(name)
+        rate = getattr(config, OPS[kind].rate) if kind else None
         channels = _channels_of_owner(model, name) if kind else None
         if kind and channels and p.shape[-1] == 1 < channels:
             shared.append({"params": [p], "weight_decay": 0.0, "clip": False,
-                           "lr_scale": rate[kind] * config.shared_boost / channels})
+                           "lr_scale": rate * config.shared_boost / channels})
         else:
             (units[kind] if kind else rest).append(p)
     return [{"params": [p for p in rest if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0, "clip": True},
             {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": 1.0, "clip": True},
-            *({"params": units[kind], "weight_decay": 0.0, "lr_scale": rate[kind], "clip": False} for kind in units),
+            *({"params": units[kind], "weight_decay": 0.0, "lr_scale": getattr(config, OPS[kind].rate), "clip": False}
+              for kind in units),
             *shared]
 
 

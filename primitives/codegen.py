@@ -11,8 +11,8 @@ them in eval mode.
 """
 from __future__ import annotations
 
+import functools
 import linecache
-import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -347,21 +347,24 @@ def _reductions(source, dims, want_mean, want_var, want_sq, mean, var, sq) -> li
     return lines
 
 
-# Unit coefficient parameters: poly<k> is (order + 1, C), rational<k>_num (p + 1, C) and
-# rational<k>_den (q, C), with 1 for C when shared; row i multiplies e**i (the denominator's
-# row i, |e|**(i + 1)).
-_UNIT_PARAMETER = re.compile(r"(poly\d+|rational\d+_(num|den))")
+def unit_parameters(model: torch.nn.Module) -> dict[str, str]:
+    """{dotted parameter name: unit op} for every unit coefficient of the generated layers in
+    `model` (compiled or exported: each class carries its formula). Names come from the op
+    registry (`Op.parameters`) as in `_emit_unit`, so the trainer can give each unit kind its
+    own rate (`Op.rate`) without knowing a naming scheme."""
+    out = {}
+    for prefix, module in model.named_modules():
+        formula = getattr(type(module), "formula", None)
+        if isinstance(formula, str) and isinstance(getattr(type(module), "graph_hash", None), str):
+            for name, op in _unit_parameter_names(formula).items():
+                out[f"{prefix}.{name}" if prefix else name] = op
+    return out
 
 
-def unit_of(name: str) -> str | None:
-    """"poly" or "rational" for the (dotted) name of a unit's coefficient parameter, else
-    None; the trainer gives these their own learning rates and no weight decay."""
-    match = _UNIT_PARAMETER.fullmatch(name.rsplit(".", 1)[-1])
-    return None if match is None else ("poly" if match.group(1).startswith("poly") else "rational")
-
-
-def is_unit_coefficient(name: str) -> bool:
-    return unit_of(name) is not None
+@functools.lru_cache(maxsize=1024)
+def _unit_parameter_names(formula: str) -> dict[str, str]:
+    units = [n for n in parse(formula).nodes if n.spec.kind == "unit"]
+    return {f"{n.op}{i}{suffix}": n.op for i, n in enumerate(units) for suffix in n.spec.parameters}
 
 
 def _horner(coefficients: str, count: int, variable: str) -> str:
@@ -383,9 +386,10 @@ def _emit_unit(node, arg: str, index: int, m: _Module, full: bool = True) -> tup
     columns = "1" if node.attrs.get("shared") else "channels"
     start = lambda values: f"torch.tensor([{', '.join(map(repr, values))}]).repeat({columns}, 1).T.contiguous()"
     identity = lambda n: start([1.0 if i == 1 else 0.0 for i in range(n)])
+    names = [f"{node.op}{index}{suffix}" for suffix in node.spec.parameters]   # the registry's names
     if node.op == "poly":
         n = node.attrs["order"] + 1
-        name = f"poly{index}"
+        (name,) = names
         m.prologue.append(f"{name} = self.{name}.view(({n},) + pshape)")
         if not normalised_powers(node.attrs):
             m.params[name] = identity(n)
@@ -393,7 +397,7 @@ def _emit_unit(node, arg: str, index: int, m: _Module, full: bool = True) -> tup
         m.params[name] = start([0.0, 1.0, NORMALISED_SQUARE_START] + [0.0] * (n - 3))
         return _normalised_poly(name, n, arg, full, m), 1
     p, q = node.attrs["p"] + 1, node.attrs["q"]
-    num, den = f"rational{index}_num", f"rational{index}_den"
+    num, den = names
     m.params[num] = identity(p)
     m.params[den] = f"torch.zeros({q}, {columns})"
     m.prologue.append(f"{num} = self.{num}.view(({p},) + pshape)")

@@ -44,6 +44,7 @@ class Keyword:
     low: float | int
     high: float | int
     optional: bool = False
+    menu: tuple = ()        # the values random layers and keyword mutations draw from
 
     def check(self, value) -> str | None:
         """Return why `value` is not allowed, or None."""
@@ -56,18 +57,18 @@ class Keyword:
         return None
 
 
-EPS = Keyword(float, DEFAULT_EPS, 1e-12, 1.0)
-GROUPS = Keyword(int, DEFAULT_GROUPS, 1, 4096)
-POW_K = Keyword(int, 2, 2, 9)
-ORDER = Keyword(int, 3, 1, 9)
-RATIONAL_P = Keyword(int, 5, 1, 9)
-RATIONAL_Q = Keyword(int, 4, 1, 9)
+EPS = Keyword(float, DEFAULT_EPS, 1e-12, 1.0, menu=(1e-5, 1e-3, 1e-2))
+GROUPS = Keyword(int, DEFAULT_GROUPS, 1, 4096, menu=(1, 4, 8, 16, 32))
+POW_K = Keyword(int, 2, 2, 9, menu=(2, 3))
+ORDER = Keyword(int, 3, 1, 9, menu=(2, 3, 4))
+RATIONAL_P = Keyword(int, 5, 1, 9, menu=(2, 3, 4, 5))
+RATIONAL_Q = Keyword(int, 4, 1, 9, menu=(1, 2, 3, 4))
 # shared=1: one coefficient set for all of a layer's channels instead of one per channel
 # (KAT's group-shared rationals, with one group): docs/units.md
-SHARED = Keyword(int, 0, 0, 1, optional=True)
+SHARED = Keyword(int, 0, 0, 1, optional=True, menu=(0, 1))
 # norm=1: a poly unit's powers e**k, k >= 2, each batch-normalised (constants at inference):
 # docs/units.md
-NORM = Keyword(int, 0, 0, 1, optional=True)
+NORM = Keyword(int, 0, 0, 1, optional=True, menu=(0, 1))
 
 
 def normalised_powers(attrs) -> bool:
@@ -103,6 +104,11 @@ class Op:
     learnable: Callable | None = None       # attrs -> learnable values per channel
     inference_degree: Callable | None = None  # `degree` in eval mode; None: the same as `degree`
     batch_stats: Callable | None = None     # attrs -> whether a node reads batch statistics (units)
+    polynomial: bool = False                # allowed in polynomial mode: keeps a polynomial at inference
+    # units: their coefficient parameters, named f"{name}{index}{suffix}" in the module (index: the
+    # unit's place among the graph's units), and the TrainConfig field that scales their rate
+    parameters: tuple[str, ...] = ()
+    rate: str = ""
 
     @property
     def uses_batch_stats(self) -> bool:
@@ -149,6 +155,12 @@ def _unary(name, template, fold):
     return Op(name, 1, "call", template=template, fold=fold, degree=_no_degree)
 
 
+def _unit_learnable(*rows):
+    """A unit's learnable values per channel: the rows of its coefficient parameters, or none
+    when one shared column serves every channel."""
+    return lambda a: 0 if a.get("shared") else sum(r(a) for r in rows)
+
+
 def _moment_fold(stat):
     def fold(c, eps=DEFAULT_EPS, groups=None):
         # The moments of a constant: its mean is itself, it has no spread.
@@ -183,22 +195,25 @@ def _moments():
                 keywords["eps"] = EPS
             if axis == "group":
                 keywords["groups"] = GROUPS
+            # means and variances are polynomials; any batch moment is a constant at inference
             yield Op(f"{axis}_{stat}", 1, "moment", fold=_moment_fold(stat),
                      degree=_moment_degree(stat), keywords=keywords, axis=axis, stat=stat,
-                     inference_degree=_constant_degree if axis == "batch" else None)
+                     inference_degree=_constant_degree if axis == "batch" else None,
+                     polynomial=stat in ("mean", "var") or axis == "batch")
 
 
 _ENTRIES = [
     Op("x", 0, "leaf", degree=lambda d, a: 1),
     Op("const", 0, "leaf", degree=lambda d, a: 0),
     Op("param", 0, "leaf", degree=lambda d, a: 0, learnable=lambda a: 1),
-    Op("add", 2, "infix", "{0} + {1}", torch.add, _max_degree, "+", 1, commutative=True),
-    Op("sub", 2, "infix", "{0} - {1}", torch.sub, _max_degree, "-", 1),
-    Op("mul", 2, "infix", "{0} * {1}", torch.mul, _sum_degree, "*", 2, commutative=True),
-    Op("div", 2, "infix", "{0} / {1}", torch.div, _div_degree, "/", 2),
-    Op("neg", 1, "prefix", "-{0}", torch.neg, _same_degree, "-", 3),
+    Op("add", 2, "infix", "{0} + {1}", torch.add, _max_degree, "+", 1, commutative=True, polynomial=True),
+    Op("sub", 2, "infix", "{0} - {1}", torch.sub, _max_degree, "-", 1, polynomial=True),
+    Op("mul", 2, "infix", "{0} * {1}", torch.mul, _sum_degree, "*", 2, commutative=True, polynomial=True),
+    # a polynomial divides only by what is constant at inference (the mode checks the degree)
+    Op("div", 2, "infix", "{0} / {1}", torch.div, _div_degree, "/", 2, polynomial=True),
+    Op("neg", 1, "prefix", "-{0}", torch.neg, _same_degree, "-", 3, polynomial=True),
     Op("pow", 1, "infix", "{0} ** {k}", lambda a, k: a ** k,
-       lambda d, a: None if d[0] is None else d[0] * a["k"], "**", 4, keywords={"k": POW_K}),
+       lambda d, a: None if d[0] is None else d[0] * a["k"], "**", 4, keywords={"k": POW_K}, polynomial=True),
     _unary("abs", "torch.abs({0})", torch.abs),
     _unary("exp", "torch.exp({0})", torch.exp),
     _unary("log", "torch.log({0})", torch.log),
@@ -212,11 +227,15 @@ _ENTRIES = [
     Op("max", 2, "call", "torch.maximum({0}, {1})", torch.maximum, _no_degree, commutative=True),
     Op("min", 2, "call", "torch.minimum({0}, {1})", torch.minimum, _no_degree, commutative=True),
     *_moments(),
+    # poly{i}: (order + 1, C), row k multiplies e**k
     Op("poly", 1, "unit", degree=_poly_degree, inference_degree=_poly_inference_degree,
        keywords={"order": ORDER, "shared": SHARED, "norm": NORM}, batch_stats=normalised_powers,
-       learnable=lambda a: 0 if a.get("shared") else a["order"] + 1),
+       learnable=_unit_learnable(lambda a: a["order"] + 1), polynomial=True,
+       parameters=("",), rate="poly_lr"),
+    # rational{i}_num: (p + 1, C), row k multiplies e**k; rational{i}_den: (q, C), row k |e|**(k + 1)
     Op("rational", 1, "unit", degree=_no_degree, keywords={"p": RATIONAL_P, "q": RATIONAL_Q, "shared": SHARED},
-       learnable=lambda a: 0 if a.get("shared") else a["p"] + 1 + a["q"]),
+       learnable=_unit_learnable(lambda a: a["p"] + 1, lambda a: a["q"]),
+       parameters=("_num", "_den"), rate="rational_lr"),
 ]
 
 OPS: dict[str, Op] = {op.name: op for op in _ENTRIES}

@@ -2,7 +2,7 @@
 
 A graph is grown bottom-up from `x` and a few terminals; each new node takes
 its inputs from what exists, favouring recent nodes so graphs get deep as
-well as wide. Keyword values come from small menus of sensible settings.
+well as wide. Keyword values come from their registry menus (`Keyword.menu`).
 """
 from __future__ import annotations
 
@@ -14,21 +14,11 @@ from .graph import GraphBuilder, Graph
 from .ops import LEARNABLE_VECTORS, OPS
 
 CONSTANTS = (0.5, 1.0, 2.0, -1.0, 0.1, 3.0)
-KEYWORD_MENU = {
-    "eps": (1e-5, 1e-3, 1e-2),
-    "groups": (1, 4, 8, 16, 32),
-    "order": (2, 3, 4),
-    "p": (2, 3, 4, 5),
-    "q": (1, 2, 3, 4),
-    "k": (2, 3),
-    "shared": (0, 1),
-    "norm": (0, 1),
-}
 INNER_OPS = tuple(name for name, op in OPS.items() if op.kind != "leaf")
 
 
 def random_keywords(op: str, rng: random.Random) -> dict:
-    return {key: rng.choice(KEYWORD_MENU[key]) for key in OPS[op].keywords}
+    return {key: rng.choice(kw.menu) for key, kw in OPS[op].keywords.items()}
 
 
 def random_terminal(rng: random.Random, vectors: Iterable[str] = LEARNABLE_VECTORS) -> tuple[str, dict]:

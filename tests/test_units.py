@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from primitives import compile_layer, parse
-from primitives.codegen import is_unit_coefficient
+from primitives import compile_layer, export_layer, parse
+from primitives.codegen import unit_parameters
 from primitives.coefficients import NotPolynomialError, coefficient_table, evaluate_table, table_csv
 from primitives.library import REFERENCE_LAYERS
 from search.cli import main
@@ -169,11 +169,16 @@ def test_export_coefficients_bad_input_is_one_line_and_exit_2(argv, tmp_path, ca
 
 # -- the training recipe ----------------------------------------------------------------------------
 
-def test_unit_coefficients_are_recognised_by_name():
-    layer = compile_layer(parse(f"poly({BN}) * gamma + rational(x, p=2, q=2) + v1"), 4)
-    units = sorted(n for n, _ in layer.named_parameters() if is_unit_coefficient(f"net.block.{n}"))
-    assert units == ["poly0", "rational1_den", "rational1_num"]
-    assert not is_unit_coefficient("blocks.0.gamma") and not is_unit_coefficient("poly")
+def test_unit_coefficients_are_found_from_the_registry_in_compiled_and_exported_layers(tmp_path):
+    formula = f"poly({BN}) * gamma + rational(x, p=2, q=2) + v1"
+    layer = compile_layer(parse(formula), 4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), layer)
+    assert unit_parameters(net) == {"1.poly0": "poly", "1.rational1_num": "rational", "1.rational1_den": "rational"}
+    assert set(unit_parameters(net)) <= {n for n, _ in net.named_parameters()}
+    namespace = {}
+    exec(export_layer(parse(formula), class_name="Exported"), namespace)   # a user's file, loaded
+    assert unit_parameters(namespace["Exported"](4)) == unit_parameters(layer)
+    assert unit_parameters(torch.nn.BatchNorm2d(4)) == {}
 
 
 def test_unit_coefficients_get_their_own_rates_and_no_weight_decay():

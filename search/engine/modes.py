@@ -28,9 +28,7 @@ DEFAULT_MAX_DEGREE = 4
 MAX_OPS = 24            # inner operations in a searched layer (keeps layers cheap to train)
 
 _INNER = tuple(name for name, op in OPS.items() if op.kind != "leaf")
-_POLY_OPS = tuple(name for name in _INNER
-                  if name in ("add", "sub", "mul", "neg", "pow", "poly", "div")
-                  or OPS[name].stat in ("mean", "var") or OPS[name].uses_batch_stats)
+_POLY_OPS = tuple(name for name in _INNER if OPS[name].polynomial)   # the registry says which
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import random
 
 from primitives import Graph, GraphError
 from primitives.ops import LEARNABLE_VECTORS, OPS
-from primitives.random_graph import CONSTANTS, KEYWORD_MENU, random_keywords, random_terminal
+from primitives.random_graph import CONSTANTS, random_keywords, random_terminal
 
 from search.engine.modes import Mode, get_mode
 
@@ -161,7 +161,8 @@ def _mutate_keyword(objs, output, rng, mode):
         node.attrs["value"] = rng.choice([c for c in CONSTANTS if c != value] + [value * rng.choice((0.5, 2.0, -1.0))])
     else:
         key = rng.choice(sorted(OPS[node.op].keywords))
-        menu = [v for v in KEYWORD_MENU[key] if v != node.attrs.get(key, OPS[node.op].keywords[key].default)]
+        keyword = OPS[node.op].keywords[key]
+        menu = [v for v in keyword.menu if v != node.attrs.get(key, keyword.default)]
         if not menu:
             return None
         node.attrs[key] = rng.choice(menu)

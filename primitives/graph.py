@@ -246,6 +246,17 @@ class Graph:
             n.spec.kind == "moment" and not n.spec.uses_batch_stats and self.depends_on_x[i]
             for i, n in enumerate(self._nodes))
 
+    @cached_property
+    def mixes_positions(self) -> bool:
+        """True when an output element depends on other positions (the spatial axes: an
+        image's pixels, a sequence's tokens) of the input: a batch, instance, group or layer
+        moment of anything that depends on x, or a unit that batch-normalises. Only `channel`
+        moments and point-wise ops keep each position to itself, which a causal sequence
+        model needs: a layer that mixes positions would let a token see its future."""
+        return any(self.depends_on_x[n.inputs[0]] and (n.spec.reads_batch(n.attrs) or
+                                                        (n.spec.kind == "moment" and n.spec.axis != "channel"))
+                   for n in self._nodes if n.inputs)
+
     def _degrees(self, inference: bool) -> list:
         degrees = []
         for i, n in enumerate(self._nodes):

@@ -208,3 +208,18 @@ def test_to_networkx_keeps_both_slots_of_a_repeated_input():
     assert "2" in {label for _, label in dag.nodes(data="label")}
     dag.add_edge(g.output, x)                      # a copy: the graph itself is untouched
     assert g.to_networkx().number_of_edges() == dag.number_of_edges() - 1
+
+
+@pytest.mark.parametrize("formula, mixes", [
+    ("x", False),
+    ("(x - channel_mean(x)) / channel_std(x) * gamma + beta", False),      # LayerNorm over tokens
+    ("tanh(x) * gamma + instance_mean(gamma) + batch_var(beta)", False),   # moments of no x
+    ("poly(x, order=3)", False),
+    ("relu((x - batch_mean(x)) / batch_std(x))", True),
+    ("x - instance_mean(x)", True),
+    ("x * sigmoid(x) / group_std(x)", True),
+    ("x / layer_rms(tanh(x))", True),
+    ("poly(x, norm=1)", True),                                            # batch-normalised powers
+])
+def test_mixes_positions(formula, mixes):
+    assert parse(formula).mixes_positions is mixes

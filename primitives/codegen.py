@@ -129,6 +129,7 @@ class _Body:
         self.reciprocals: dict[int, str] = {}   # std moment node -> its reciprocal, written with rsqrt
         self.emitted_groups: dict[int, dict[str, str]] = {}
         self.units = 0
+        self.scalars = 0
 
     def inlined(self, i) -> bool:
         """A value used once by an elementwise op is written inside that op's expression,
@@ -152,8 +153,8 @@ class _Body:
             self.exprs.append((f"t{i}", _ATOM))
 
     def leaf(self, i, node) -> tuple[str, int] | None:
-        """The expression of the input, a literal, a learnable vector or a node written by
-        the fused standardisation that consumes it; None for any other op."""
+        """The expression of the input, a literal, a learnable vector or scalar, or a node
+        written by the fused standardisation that consumes it; None for any other op."""
         if node.op == "x":
             return "x", _ATOM
         if i in self.absorbed:
@@ -166,6 +167,12 @@ class _Body:
             self.m.params[name] = f"torch.full((channels,), {VECTOR_INIT[name]!r})"
             self.m.prologue.append(f"{name} = self.{name}.view(pshape)")
             return name, _ATOM
+        if node.op == "scalar":
+            # one learnable number for the layer: a 0-dim parameter that broadcasts as it is
+            name = f"scalar{self.scalars}"
+            self.scalars += 1
+            self.m.params[name] = f"torch.tensor({node.attrs['value']!r})"
+            return f"self.{name}", _ATOM
         return None
 
     def op(self, i, node, order, args) -> tuple[str, int]:

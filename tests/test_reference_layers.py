@@ -267,6 +267,7 @@ GRADCHECK_FORMULAS = [
     "-(x ** 3) / (2 + x ** 4) + (x + beta) ** 2",
     "poly(x, order=4) + poly(tanh(x), order=2) * gamma",
     "rational(x) + rational(sigmoid(x), p=3, q=2)",
+    "tanh(scalar(0.5) * x) * gamma + erf(scalar(-0.5, id=2) * x + scalar(0))",
 ]
 
 

@@ -96,3 +96,16 @@ def _replace_in_modules(model: nn.Module, make) -> nn.Module:
                     and isinstance(children[i + 1][1], ACTIVATION_MODULES):
                 setattr(parent, children[i + 1][0], nn.Identity())
     return model
+
+
+class ChannelsLast(nn.Module):
+    """A layer that takes channels on axis 1, applied to channels-last input: tokens (N, L, D)
+    or images (N, H, W, C). It sees (N, D, L) (or (N, C, H, W)) and answers in the input's
+    layout."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x.movedim(-1, 1)).movedim(1, -1)

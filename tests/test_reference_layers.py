@@ -134,6 +134,29 @@ def ref_bn_square(x, p, state, training):
     return (bn(x, p, state, training) * per_channel(p["gamma"]) + per_channel(p["beta"])) ** 2
 
 
+def ref_layernorm(x, p, state, training):
+    # each position's channels: a token's LayerNorm when the layer sees tokens as (N, D, L)
+    mean = x.mean(1, keepdim=True)
+    var = ((x - mean) ** 2).mean(1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + EPS) * per_channel(p["gamma"]) + per_channel(p["beta"])
+
+
+def ref_rmsnorm(x, p, state, training):
+    return x / torch.sqrt((x * x).mean(1, keepdim=True) + EPS) * per_channel(p["gamma"])
+
+
+def ref_dyt(x, p, state, training):
+    return torch.tanh(p["scalar0"] * x) * per_channel(p["gamma"]) + per_channel(p["beta"])
+
+
+def ref_derf(x, p, state, training):
+    return torch.erf(p["scalar0"] * x + p["scalar1"]) * per_channel(p["gamma"]) + per_channel(p["beta"])
+
+
+def ref_identity(x, p, state, training):
+    return x
+
+
 def test_every_library_layer_has_a_hand_written_reference():
     assert set(REFERENCE_LAYERS) == set(REFERENCES) | {"bn-relu"}  # bn-relu: against BatchNorm2d below
 
@@ -142,7 +165,8 @@ REFERENCES = {
     "gn-relu": ref_gn_relu, "ln-gelu": ref_ln_gelu, "evonorm-b0": ref_b0, "evonorm-b1": ref_b1,
     "evonorm-s0": ref_s0, "evonorm-s1": ref_s1, "evonorm-s2": ref_s2, "bn-swish": ref_bn_swish,
     "polynorm": ref_polynorm, "bn-poly": ref_bn_poly, "bn-rational": ref_bn_rational,
-    "bn-square": ref_bn_square,
+    "bn-square": ref_bn_square, "layernorm": ref_layernorm, "rmsnorm": ref_rmsnorm, "dyt": ref_dyt,
+    "derf": ref_derf, "identity": ref_identity,
 }
 
 

@@ -172,3 +172,13 @@ def test_scalar_layers_export_and_compile_wrapped(name):
     torch.testing.assert_close(program.module()(x), layer(x))
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), layer(x))
+
+
+def test_cnn_searches_are_not_seeded_with_the_transformer_layers():
+    from types import SimpleNamespace
+
+    from search.engine.driver import initial_seeds
+    from search.engine.modes import get_mode
+    seeds = {g.hash for g in initial_seeds(SimpleNamespace(seed_formulas=(), library_seeds=True), get_mode("batch"))}
+    cnn = {parse(f).hash for name, f in REFERENCE_LAYERS.items() if name not in TRANSFORMER_LAYERS}
+    assert seeds == cnn     # every CNN reference fits batch mode, as before the Transformer ones existed

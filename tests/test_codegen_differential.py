@@ -43,6 +43,8 @@ FIXED = [
     "(x - instance_mean(x)) / instance_std(x, eps=0.1) * sigmoid(x)",
     "x / instance_rms(x) - instance_var(x) * v3",
     "(x - channel_mean(x)) / channel_std(x) + channel_var(x) * v1 + x / channel_rms(x)",
+    "(x - channel_mean(x)) / channel_std(x, eps=0.01) * gamma + beta",
+    "sigmoid((x * v1 - channel_mean(x * v1)) / channel_std(x * v1) * v2) + (x - channel_mean(x)) / channel_std(x)",
     "x / max(batch_std(x, eps=0.001), v1 * x + instance_std(x, eps=0.001)) * gamma + beta",
     "poly((x - batch_mean(x)) / batch_std(x), order=3) * gamma + beta",
     "rational(x - batch_mean(x), p=3, q=2) * gamma + beta",
@@ -356,6 +358,7 @@ def test_the_graphs_cover_every_op_and_moment():
     assert used == set(OPS), set(OPS) - used
     fused = sum("F.batch_norm" in generate_source(g) or "F.group_norm" in generate_source(g) for g in GRAPHS)
     assert fused >= 5  # the fused kernels are among what is compared
+    assert sum("F.layer_norm" in generate_source(g) for g in GRAPHS) >= 2
 
 
 @pytest.mark.parametrize("chunk", range(4))

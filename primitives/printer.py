@@ -57,8 +57,9 @@ def is_number(node) -> bool:
 
 def reading_order(graph, node) -> list[int]:
     """A node's inputs in the order a reader expects: for commutative ops, numbers
-    first in a product (literals and learnable scalars), then a chain of the same op, then what depends on x,
-    smaller terms first (`x * gamma + beta`). The order never changes the graph."""
+    (literals and learnable scalars) first in a product, then a chain of the same op,
+    then what depends on x, smaller terms first (`x * gamma + beta`). The order never
+    changes the graph."""
     if not node.spec.commutative:
         return list(node.inputs)
     sizes, depends = graph.subtree_sizes, graph.depends_on_x

@@ -37,7 +37,7 @@ from evaluators.datasets import DatasetError, load_dataset  # noqa: E402
 from evaluators.proxies import PROXY_NAMES  # noqa: E402
 from evaluators.trainer import TrainConfig, build_and_train  # noqa: E402
 from primitives import compile_layer, parse  # noqa: E402
-from primitives.library import REFERENCE_LAYERS  # noqa: E402
+from primitives.library import REFERENCE_LAYERS, TRANSFORMER_LAYERS  # noqa: E402
 
 SPEED_LAYERS = ("torch-bn-relu", "bn-relu", "evonorm-b0", "evonorm-s0")
 KEEP = 0.9  # side by side: a training keeps at least this share of its solo images/s
@@ -61,12 +61,13 @@ def load(args, device):
 
 
 def bf16_sweep(args, ds, device, deadline) -> int:
-    """Every reference layer on every proxy under bf16; returns the number of failures."""
+    """Every reference layer of the CNN proxies on every proxy under bf16 (the Transformer
+    layers belong on Transformer proxies); returns the number of failures."""
     config = TrainConfig(steps=args.steps, batch_size=args.batch, amp="bf16", compile=False)
     print(f"\n== 1. reference layers under bf16 autocast: {config.steps} steps of {config.batch_size}, eager")
     print(f"{'layer':<14}" + "".join(f"{a:>24}" for a in args.archs))
     failures = done = 0
-    for name in REFERENCE_LAYERS:
+    for name in (n for n in REFERENCE_LAYERS if n not in TRANSFORMER_LAYERS):
         cells = []
         for arch in args.archs:
             if time.monotonic() > deadline:

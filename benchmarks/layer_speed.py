@@ -7,7 +7,14 @@ twin against itself, the noise floor of the run. Prints the ratio generated /
 hand-written (target: <= 1.10) and, for the torch.compile'd generated layer,
 its ratio to the eager twin.
 
+The tokens section times the Transformer references on token tensors: the generated
+`layernorm`, `rmsnorm` and `dyt` on (N, D, L), as a layer at a Transformer position sees
+them, against torch.nn.LayerNorm, torch.nn.RMSNorm and a hand-written DyT on (N, L, D),
+the layout they take; and the generated layer wrapped in ChannelsLast (what replace_norm
+puts in a model) on the same (N, L, D) tensor as torch's.
+
     python benchmarks/layer_speed.py [--shape 32 64 32 32] [--repeats 15] [--compile NAME ...]
+                                     [--tokens 64 192 65] [--section all|cnn|tokens] [--threads N]
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from torch import nn
 
 from primitives import compile_layer, parse
 from primitives.library import REFERENCE_LAYERS
+from primitives.replace import ChannelsLast
 
 EPS = 1e-5
 
@@ -152,6 +160,24 @@ TWINS = {"bn-relu": BNReLU, "gn-relu": GNReLU, "ln-gelu": LNGELU, "evonorm-b0": 
          "bn-swish": BNSwish, "polynorm": PolyNorm, "bn-poly": BNPoly, "bn-rational": BNRational}
 
 
+class DyT(nn.Module):
+    """weight * tanh(alpha * x) + bias over the last dimension (Zhu et al. 2025)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
+
+
+# generated layer -> torch's module (or the hand-written one) over the last dimension
+TOKEN_TWINS = {"layernorm": lambda d: nn.LayerNorm(d), "rmsnorm": lambda d: nn.RMSNorm(d, eps=EPS),
+               "dyt": DyT}
+
+
 def step_time(layer, x, grad) -> float:
     start = time.perf_counter()
     x.grad = None
@@ -159,16 +185,41 @@ def step_time(layer, x, grad) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(a, b, x, grad, repeats) -> tuple[float, float]:
+def interleaved(a, b, x, grad, repeats, xb=None, grad_b=None) -> tuple[float, float]:
+    """Best times of a(x) and b(xb) (xb: x unless given), forward and backward."""
+    xb, grad_b = (x, grad) if xb is None else (xb, grad_b)
+    inputs = {id(a): (x, grad), id(b): (xb, grad_b)}
     for _ in range(2):  # warm-up
-        step_time(a, x, grad), step_time(b, x, grad)
+        step_time(a, x, grad), step_time(b, xb, grad_b)
     ta, tb = [], []
     for i in range(repeats):  # A B B A ... so neither side always runs right after the other
         first, second = (a, b) if i % 2 == 0 else (b, a)
-        t1, t2 = step_time(first, x, grad), step_time(second, x, grad)
+        t1, t2 = step_time(first, *inputs[id(first)]), step_time(second, *inputs[id(second)])
         ta.append(t1 if first is a else t2)
         tb.append(t2 if first is a else t1)
     return min(ta), min(tb)  # the best run: the least disturbed by other work (as timeit advises)
+
+
+def tokens_section(shape, repeats) -> float:
+    """The Transformer references on tokens; returns the worst generated/torch ratio."""
+    n, d, length = shape
+    torch.manual_seed(0)
+    x_ndl = torch.randn(n, d, length, requires_grad=True)
+    x_nld = torch.randn(n, length, d, requires_grad=True)
+    g_ndl, g_nld = torch.randn(n, d, length), torch.randn(n, length, d)
+    print(f"\ntokens: generated on (N, D, L) = {(n, d, length)} against torch on (N, L, D), forward+backward")
+    print(f"{'layer':<13}{'generated ms':>13}{'torch ms':>9}{'ratio':>7}   {'wrapped ms':>10}{'ratio':>7}")
+    t_a, t_b = interleaved(nn.LayerNorm(d), nn.LayerNorm(d), x_nld, g_nld, repeats)
+    print(f"{'(noise: nn.LayerNorm vs itself)':<34}{t_a / t_b:>7.2f}")
+    worst = 0.0
+    for name, twin_cls in TOKEN_TWINS.items():
+        generated, twin = compile_layer(parse(REFERENCE_LAYERS[name]), d), twin_cls(d)
+        t_gen, t_twin = interleaved(generated, twin, x_ndl, g_ndl, repeats, x_nld, g_nld)
+        t_wrap, t_twin2 = interleaved(ChannelsLast(generated), twin, x_nld, g_nld, repeats)
+        worst = max(worst, t_gen / t_twin)
+        print(f"{name:<13}{t_gen * 1e3:>13.2f}{t_twin * 1e3:>9.2f}{t_gen / t_twin:>7.2f}"
+              f"   {t_wrap * 1e3:>10.2f}{t_wrap / t_twin2:>7.2f}", flush=True)
+    return worst
 
 
 def main():
@@ -177,7 +228,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--compile", nargs="*", default=["bn-relu", "evonorm-b0", "evonorm-s0"],
                         help="layers to also time under torch.compile (slow to compile)")
+    parser.add_argument("--tokens", type=int, nargs=3, default=(64, 192, 65), metavar=("N", "D", "L"),
+                        help="token tensor of the tokens section")
+    parser.add_argument("--section", choices=("all", "cnn", "tokens"), default="all")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.section == "tokens":
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats} interleaved runs")
+        print(f"worst generated/torch ratio: {tokens_section(args.tokens, args.repeats):.2f}")
+        return
     torch.manual_seed(0)
     x = torch.randn(*args.shape, requires_grad=True)
     grad = torch.randn(*args.shape)
@@ -203,6 +264,8 @@ def main():
             line += f"   {t_comp * 1e3:>11.2f}{t_comp / t_twin:>8.2f}{compile_s:>10.1f}"
         print(line, flush=True)
     print(f"worst generated/twin ratio: {worst:.2f} (target <= 1.10)")
+    if args.section == "all":
+        print(f"worst generated/torch ratio on tokens: {tokens_section(args.tokens, args.repeats):.2f}")
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ def trajectory_outputs(graph: Graph) -> list[np.ndarray]:
     steps of gradient descent on the linear loss <upstream, output>, each normalised
     to a fixed length over all parameters together (so a layer's scale does not set
     its pace, and no vector's step depends on how the others are split into tensors).
-    The other probes' layers read the first channels of the same parameters."""
+    The other probes' layers read the first channels of the same parameters (and the same
+    learnable scalars)."""
     inputs = _cached("inputs", _probe_inputs)
     layers = [compile_layer(graph, p.shape[1]).to(torch.float64).train() for p in PROBES]
     trained = list(layers[0].parameters())
@@ -205,7 +206,7 @@ def trajectory_outputs(graph: Graph) -> list[np.ndarray]:
         with torch.no_grad():
             for params, layer, x, out in zip(mirrors, layers[1:], inputs[1:], outputs[1:]):
                 for p, q in zip(trained, params):
-                    q.copy_(p[..., :q.shape[-1]])
+                    q.copy_(p[..., :q.shape[-1]] if p.dim() else p)   # a learnable scalar: as it is
                 out.append(layer(x).expand_as(x).reshape(-1).numpy())
         learn = live and t < TRAJECTORY_STEPS
         with torch.set_grad_enabled(learn):

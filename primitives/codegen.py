@@ -16,6 +16,7 @@ import linecache
 import sys
 import types
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -124,11 +125,12 @@ class _Body:
                 self.consumers[j].append(i)
         self.moment_groups = _group_moments(graph)
         self.fused = _fused_standardisations(graph, self.consumers, self.moment_groups) if fuse else {}
-        self.absorbed = {j for parts in self.fused.values() for j in parts[1:]}
+        self.absorbed = {j for fusion in self.fused.values() for j in fusion.pieces}
         self.exprs: list[tuple[str, int]] = []  # (code, precedence) per node
         self.reciprocals: dict[int, str] = {}   # std moment node -> its reciprocal, written with rsqrt
         self.emitted_groups: dict[int, dict[str, str]] = {}
         self.units = 0
+        self.scalars = 0
 
     def inlined(self, i) -> bool:
         """A value used once by an elementwise op is written inside that op's expression,
@@ -152,8 +154,8 @@ class _Body:
             self.exprs.append((f"t{i}", _ATOM))
 
     def leaf(self, i, node) -> tuple[str, int] | None:
-        """The expression of the input, a literal, a learnable vector or a node written by
-        the fused standardisation that consumes it; None for any other op."""
+        """The expression of the input, a literal, a learnable vector or scalar, or a node
+        written by the fused standardisation that consumes it; None for any other op."""
         if node.op == "x":
             return "x", _ATOM
         if i in self.absorbed:
@@ -164,15 +166,27 @@ class _Body:
         if node.op == "param":
             name = node.attrs["name"]
             self.m.params[name] = f"torch.full((channels,), {VECTOR_INIT[name]!r})"
-            self.m.prologue.append(f"{name} = self.{name}.view(pshape)")
+            if not all(self.affine_of(c, i) for c in self.consumers[i]):   # a view for the ops that read it
+                self.m.prologue.append(f"{name} = self.{name}.view(pshape)")
             return name, _ATOM
+        if node.op == "scalar":
+            # one learnable number for the layer: a 0-dim parameter that broadcasts as it is
+            name = f"scalar{self.scalars}"
+            self.scalars += 1
+            self.m.params[name] = f"torch.tensor({node.attrs['value']!r})"
+            return f"self.{name}", _ATOM
         return None
+
+    def affine_of(self, consumer, i) -> bool:
+        """Whether `consumer` reads vector node i only as the weight or bias of a fused call."""
+        fusion = self.fused.get(consumer)
+        return consumer in self.absorbed or (fusion is not None and i in (fusion.weight, fusion.bias))
 
     def op(self, i, node, order, args) -> tuple[str, int]:
         spec, names = node.spec, [text for text, _ in args]
         if i in self.fused:
-            parts = self.fused[i]
-            return _emit_fused(self.graph, parts, self.exprs[parts[0]][0], self.moment_groups, self.m), _ATOM
+            fusion = self.fused[i]
+            return _emit_fused(self.graph, fusion, self.exprs[fusion.source], self.moment_groups, self.m), _ATOM
         if spec.kind == "moment":
             return self.moment(i, node, names[0]), _ATOM
         if spec.kind == "unit":
@@ -213,11 +227,25 @@ class _Body:
         return expr
 
 
-def _fused_standardisations(graph: Graph, consumers, moment_groups) -> dict[int, tuple[int, int, int, int]]:
-    """div node -> (source, sub, mean, std) for each `(s - AXIS_mean(s)) / AXIS_std(s)` over
-    the batch, group, layer or instance axis whose pieces are used nowhere else. These
-    become one call of torch's fused kernel (batch_norm, group_norm), whose forward and
-    backward do in one pass what the pieces do in six."""
+class _Fusion(NamedTuple):
+    """A standardisation written as one fused call: it reads `source`, its `std` moment says
+    axis and eps, and the call stands for the final node and its `pieces` (which are not
+    written themselves); `weight` and `bias` are learnable vectors it applies (LayerNorm's
+    affine), or None."""
+
+    source: int
+    pieces: tuple
+    std: int
+    weight: int | None = None
+    bias: int | None = None
+
+
+def _fused_standardisations(graph: Graph, consumers, moment_groups) -> dict[int, _Fusion]:
+    """final node -> fusion for each `(s - AXIS_mean(s)) / AXIS_std(s)` whose pieces are used
+    nowhere else. These become one call of torch's fused kernel (batch_norm, group_norm,
+    layer_norm over channels), whose forward and backward do in one pass what the pieces do
+    in six. Over channels the `* w + b` that follows (w, b learnable vectors) joins the call
+    as layer_norm's weight and bias: `layernorm` is one F.layer_norm, like nn.LayerNorm."""
     nodes = graph.nodes
     found = {}
     for d, node in enumerate(nodes):
@@ -231,28 +259,61 @@ def _fused_standardisations(graph: Graph, consumers, moment_groups) -> dict[int,
             continue
         # the mean and std are the whole of one reduction group (same input, axis, groups)
         group = sorted(j for j, g in moment_groups.items() if g == moment_groups[std])
-        if (group != sorted((mean, std)) or nodes[std].inputs != (source,)
-                or nodes[std].spec.axis == "channel" or graph.shapes[source] != FULL):
+        if group != sorted((mean, std)) or nodes[std].inputs != (source,) or graph.shapes[source] != FULL:
             continue
         if consumers[sub] == [d] and consumers[mean] == [sub] and consumers[std] == [d]:
-            found[d] = (source, sub, mean, std)
+            pieces = (sub, mean, std)
+            if nodes[std].spec.axis != "channel":
+                found[d] = _Fusion(source, pieces, std)
+                continue
+            final, weight, bias, affine = _affine_after(graph, consumers, d)
+            found[final] = _Fusion(source, pieces + affine, std, weight, bias)
     return found
 
 
-def _emit_fused(graph: Graph, parts, source: str, moment_groups, m: _Module) -> str:
-    std = parts[3]
-    node = graph.nodes[std]
-    axis, eps, k = node.spec.axis, node.attrs["eps"], moment_groups[std]
+def _affine_after(graph: Graph, consumers, d: int):
+    """(final node, weight, bias, nodes absorbed) for the `* w` and then `+ b` (w, b learnable
+    vectors) that alone consume node d; (d, None, None, ()) when there is none."""
+    nodes = graph.nodes
+
+    def vector_after(node: int, op: str):
+        users = consumers[node]
+        if len(users) != 1 or nodes[users[0]].op != op:
+            return None
+        other = [j for j in nodes[users[0]].inputs if j != node]
+        return (users[0], other[0]) if len(other) == 1 and nodes[other[0]].op == "param" else None
+
+    scaled = vector_after(d, "mul")
+    if scaled is None:
+        return d, None, None, ()
+    shifted = vector_after(scaled[0], "add")
+    if shifted is None:
+        return scaled[0], scaled[1], None, (d,)
+    return shifted[0], scaled[1], shifted[1], (d, scaled[0])
+
+
+def _emit_fused(graph: Graph, fusion: _Fusion, source: tuple[str, int], moment_groups, m: _Module) -> str:
+    node = graph.nodes[fusion.std]
+    axis, eps, k = node.spec.axis, node.attrs["eps"], moment_groups[fusion.std]
+    text = source[0]
     m.functional = True
     if axis == "batch":
-        return _batch_norm(source, f"running_mean{k}", f"running_var{k}", eps, m)
+        return _batch_norm(text, f"running_mean{k}", f"running_var{k}", eps, m)
+    if axis == "channel":
+        # layer_norm normalises the last dimension: channels moved there, in memory too (one
+        # copy, none when x is a channels-last view, as at a Transformer position), and back
+        text = text if source[1] == _ATOM else f"({text})"
+        weight, bias = (f"self.{graph.nodes[j].attrs['name']}" if j is not None else "None"
+                        for j in (fusion.weight, fusion.bias))
+        return (f"F.layer_norm({text}.movedim(1, -1).contiguous(), (self.channels,), {weight}, {bias}, "
+                f"eps={eps!r}).movedim(-1, 1)")
     if axis == "group":
         m.helpers.add("divisor")
         m.ints[f"groups{k}"] = f"_largest_divisor(channels, {node.attrs['groups']})"
         groups = f"self.groups{k}"
     else:
         groups = {"layer": "1", "instance": "self.channels"}[axis]
-    return f"F.group_norm({source}, {groups}, eps={eps!r})"
+    return f"F.group_norm({text}, {groups}, eps={eps!r})"
 
 
 def _batch_norm(source: str, mean: str, var: str, eps: float, m: _Module) -> str:

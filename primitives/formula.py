@@ -99,9 +99,12 @@ class _Walker:
             raise FormulaError(f"unknown function {name!r}", _col(node.func))
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             raise FormulaError(f"{name}: * and ** arguments are not part of the formula language", _col(node))
-        if len(node.args) != op.arity:
-            raise FormulaError(f"{name} takes {op.arity} argument(s), got {len(node.args)}", _col(node))
+        positional = op.arity + bool(op.literal)   # `scalar(0.5)`: a leaf called on its literal
+        if len(node.args) != positional:
+            raise FormulaError(f"{name} takes {positional} argument(s), got {len(node.args)}", _col(node))
         attrs = {}
+        if op.literal:
+            attrs[op.literal] = _number(node.args[0], f"the {op.literal} of {name}")
         for kw in node.keywords:
             if kw.arg not in op.keywords:
                 allowed = ", ".join(op.keywords) or "none"
@@ -113,7 +116,7 @@ class _Walker:
             if problem:
                 raise FormulaError(f"{name}: {kw.arg} {problem}, got {value!r}", _col(kw.value))
             attrs[kw.arg] = value
-        inputs = [self.visit(arg, depth) for arg in node.args]
+        inputs = [self.visit(arg, depth) for arg in node.args[bool(op.literal):]]
         return self.b.add(op.name, inputs, **attrs)
 
 

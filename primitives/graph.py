@@ -19,7 +19,7 @@ import networkx as nx
 import torch
 
 from .errors import GraphError
-from .ops import FULL, LEARNABLE_VECTORS, MOMENT_SHAPE, OPS, Op
+from .ops import LEARNABLE_VECTORS, MOMENT_SHAPE, OPS, Op
 from .printer import node_label, to_formula
 
 MAX_NODES = 100        # distinct operations in one layer
@@ -43,18 +43,17 @@ def _canonical_attrs(op: Op, attrs: dict) -> dict:
     """Validate attributes and fill defaults, so equal layers have equal attributes."""
     attrs = dict(attrs)
     if op.name == "const":
-        value = attrs.get("value")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise GraphError(f"const needs a finite numeric value, got {value!r}")
-        return {"value": float(value) + 0.0}  # + 0.0 turns -0.0 into 0.0
+        return {"value": _literal(op, attrs.get("value"))}
     if op.name == "param":
         if attrs.get("name") not in LEARNABLE_VECTORS:
             raise GraphError(f"param name must be one of {', '.join(LEARNABLE_VECTORS)}, got {attrs.get('name')!r}")
         return {"name": attrs["name"]}
+    out = {}
+    if op.literal:  # a leaf written as a call on a number: `scalar(0.5)`
+        out[op.literal] = _literal(op, attrs.pop(op.literal, None))
     unknown = set(attrs) - set(op.keywords)
     if unknown:
         raise GraphError(f"{op.name} takes no attribute {sorted(unknown)[0]!r}")
-    out = {}
     for key, kw in op.keywords.items():
         value = attrs.get(key, kw.default)
         problem = kw.check(value)
@@ -63,6 +62,12 @@ def _canonical_attrs(op: Op, attrs: dict) -> dict:
         if not (kw.optional and value == kw.default):
             out[key] = kw.type(value)
     return out
+
+
+def _literal(op: Op, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise GraphError(f"{op.name} needs a finite numeric value, got {value!r}")
+    return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 class GraphBuilder:
@@ -278,12 +283,8 @@ class Graph:
         """Per node, the axes (N, C, S) its value varies over; drives broadcasting in codegen."""
         out = []
         for n in self._nodes:
-            if n.op == "x":
-                out.append(FULL)
-            elif n.op == "const":
-                out.append(frozenset())
-            elif n.op == "param":
-                out.append(frozenset("C"))
+            if n.spec.kind == "leaf":
+                out.append(n.spec.leaf_shape)
             elif n.spec.kind == "moment":
                 out.append(MOMENT_SHAPE[n.spec.axis])
             else:

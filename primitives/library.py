@@ -4,7 +4,11 @@ The evaluators train them as baselines and the search can seed its first
 population with them. Formulas follow the papers: BatchNorm/GroupNorm/
 LayerNorm with their usual activations, EvoNorms (Liu et al. 2020),
 PolyNorm (Zhuo et al. 2024, "PolyCom"), and learnable polynomial and
-rational units behind batch normalisation.
+rational units behind batch normalisation; for Transformer positions, where a
+layer sees tokens laid out (N, D, L) so that `channel_*` moments are per-token
+statistics: LayerNorm, RMSNorm, DyT (Zhu et al. 2025, "Transformers without
+Normalization") and Derf (erf in place of DyT's tanh, with a learnable shift),
+and the identity, "no normalization".
 """
 from __future__ import annotations
 
@@ -45,6 +49,19 @@ REFERENCE_LAYERS: dict[str, str] = {
     # CryptoNets' square activation behind batch normalisation: the classic layer for
     # encrypted inference, the baseline of polynomial mode.
     "bn-square": f"({BN}) ** 2",
+    # -- Transformer positions: tokens (N, D, L), channel moments are each token's statistics --
+    # torch.nn.LayerNorm(D) over each token (eps 1e-5)
+    "layernorm": "(x - channel_mean(x)) / channel_std(x) * gamma + beta",
+    # torch.nn.RMSNorm(D, eps=1e-5): the language's default eps (LayerNorm's too). torch's own
+    # default, eps=None, is the dtype's machine epsilon (1.19e-7 in float32): on tokens of unit
+    # mean square the two differ by about 5e-6 relative (tests/test_transformer_layers.py)
+    "rmsnorm": "x / channel_rms(x) * gamma",
+    # DyT: weight * tanh(alpha * x) + bias, alpha one learnable scalar per layer starting at 0.5
+    "dyt": "tanh(scalar(0.5) * x) * gamma + beta",
+    # Derf: weight * erf(alpha * x + s) + bias, scalars alpha (0.5) and s (0)
+    "derf": "erf(scalar(0.5) * x + scalar(0)) * gamma + beta",
+    # no normalization at all: what a Transformer without a norm layer does
+    "identity": "x",
 }
 
 # The layers every evaluation is compared against.
@@ -58,6 +75,21 @@ SAMPLE_BASELINES = ("bn-relu", "gn-relu", "evonorm-s0", "evonorm-s1", "evonorm-s
 POLYNOMIAL_BASELINES = ("bn-relu", "bn-square", "bn-poly")
 
 
-def baselines(mode: str = "batch") -> tuple[str, ...]:
-    """The reference layers a search in `mode`, or an evaluation of its layers, is compared to."""
+# Transformer proxies (family "transformer") compare against the norms Transformers use and
+# the two that replace normalization with a point-wise squashing function; none reads the batch
+# or mixes positions, so they fit a causal model and every mode's batch-free regime alike.
+TRANSFORMER_BASELINES = ("layernorm", "rmsnorm", "dyt", "derf")
+# The layers made for Transformer positions (the baselines and "no normalization").
+TRANSFORMER_LAYERS = TRANSFORMER_BASELINES + ("identity",)
+FAMILIES = ("cnn", "transformer")
+
+
+def baselines(mode: str = "batch", family: str = "cnn") -> tuple[str, ...]:
+    """The reference layers a search in `mode`, or an evaluation of its layers, is compared to:
+    on the CNN proxies (`family="cnn"`) per mode; on the Transformer proxies
+    (`family="transformer"`) always `TRANSFORMER_BASELINES`."""
+    if family == "transformer":
+        return TRANSFORMER_BASELINES
+    if family != "cnn":
+        raise ValueError(f"unknown proxy family {family!r} (choose from {', '.join(FAMILIES)})")
     return {"polynomial": POLYNOMIAL_BASELINES, "sample": SAMPLE_BASELINES}.get(mode, BASELINES)

@@ -69,6 +69,9 @@ SHARED = Keyword(int, 0, 0, 1, optional=True, menu=(0, 1))
 # norm=1: a poly unit's powers e**k, k >= 2, each batch-normalised (constants at inference):
 # docs/units.md
 NORM = Keyword(int, 0, 0, 1, optional=True, menu=(0, 1))
+# id=k tells apart learnable scalars that start at the same value: `scalar(0.5)` written twice
+# is one parameter (equal subexpressions are one node), `scalar(0.5, id=1)` is a second one
+SCALAR_ID = Keyword(int, 0, 0, 9, optional=True, menu=tuple(range(10)))
 
 
 def normalised_powers(attrs) -> bool:
@@ -87,7 +90,9 @@ def _poly_inference_degree(degrees, attrs):
 
 @dataclass(frozen=True)
 class Op:
-    """One primitive. `kind` is leaf, infix, prefix, call, moment or unit."""
+    """One primitive. `kind` is leaf, infix, prefix, call, moment or unit. A leaf with a
+    `literal` is written as a call whose one positional argument is a numeric literal, kept
+    in that attribute (`scalar(0.5)`: attribute `value`)."""
 
     name: str
     arity: int
@@ -109,6 +114,8 @@ class Op:
     # unit's place among the graph's units), and the TrainConfig field that scales their rate
     parameters: tuple[str, ...] = ()
     rate: str = ""
+    literal: str = ""                       # leaves written as calls: the attribute of their literal
+    leaf_shape: frozenset = frozenset()     # leaves: the axes (N, C, S) the value varies over
 
     @property
     def uses_batch_stats(self) -> bool:
@@ -121,7 +128,7 @@ class Op:
 
     @property
     def is_call(self) -> bool:
-        return self.kind in ("call", "moment", "unit")
+        return self.kind in ("call", "moment", "unit") or bool(self.literal)
 
     def degree_at(self, degrees, attrs, inference: bool = False):
         """Degree in x of this op's output from its inputs' degrees (None: not a
@@ -203,9 +210,13 @@ def _moments():
 
 
 _ENTRIES = [
-    Op("x", 0, "leaf", degree=lambda d, a: 1),
+    Op("x", 0, "leaf", degree=lambda d, a: 1, leaf_shape=FULL),
     Op("const", 0, "leaf", degree=lambda d, a: 0),
-    Op("param", 0, "leaf", degree=lambda d, a: 0, learnable=lambda a: 1),
+    Op("param", 0, "leaf", degree=lambda d, a: 0, learnable=lambda a: 1, leaf_shape=frozenset("C")),
+    # a learnable scalar: one number for the whole layer (a 0-dim parameter `scalar{k}`, k its
+    # place among the graph's scalars), starting at `value`: a constant to the degree rules,
+    # not per channel (learnable 0 per channel), never folded (it learns)
+    Op("scalar", 0, "leaf", degree=lambda d, a: 0, keywords={"id": SCALAR_ID}, literal="value"),
     Op("add", 2, "infix", "{0} + {1}", torch.add, _max_degree, "+", 1, commutative=True, polynomial=True),
     Op("sub", 2, "infix", "{0} - {1}", torch.sub, _max_degree, "-", 1, polynomial=True),
     Op("mul", 2, "infix", "{0} * {1}", torch.mul, _sum_degree, "*", 2, commutative=True, polynomial=True),

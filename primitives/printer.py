@@ -35,21 +35,37 @@ def node_label(node) -> str:
         return f"** {node.attrs['k']}"
     if spec.kind in ("infix", "prefix"):
         return spec.symbol
-    keywords = [f"{key}={format_number(float(node.attrs[key]))}" for key, kw in spec.keywords.items()
-                if node.attrs.get(key, kw.default) != kw.default]
-    return f"{node.op}({', '.join(keywords)})" if keywords else node.op
+    parts = _literal(node) + _keywords(node)
+    return f"{node.op}({', '.join(parts)})" if parts else node.op
+
+
+def _literal(node) -> list[str]:
+    """A leaf written as a call on its number (`scalar(0.5)`): that number; else nothing."""
+    return [format_number(node.attrs[node.spec.literal])] if node.spec.literal else []
+
+
+def _keywords(node) -> list[str]:
+    """The keywords whose values differ from their defaults, as written."""
+    return [f"{key}={format_number(float(node.attrs[key]))}" for key, kw in node.spec.keywords.items()
+            if node.attrs.get(key, kw.default) != kw.default]
+
+
+def is_number(node) -> bool:
+    """A literal or a learnable number (`scalar(0.5)`): written first in a product."""
+    return node.op == "const" or bool(node.spec.literal)
 
 
 def reading_order(graph, node) -> list[int]:
     """A node's inputs in the order a reader expects: for commutative ops, numbers
-    first in a product, then a chain of the same op, then what depends on x,
-    smaller terms first (`x * gamma + beta`). The order never changes the graph."""
+    (literals and learnable scalars) first in a product, then a chain of the same op,
+    then what depends on x, smaller terms first (`x * gamma + beta`). The order never
+    changes the graph."""
     if not node.spec.commutative:
         return list(node.inputs)
     sizes, depends = graph.subtree_sizes, graph.depends_on_x
 
     def key(j):
-        number_first = node.op == "mul" and graph.nodes[j].op == "const"
+        number_first = node.op == "mul" and is_number(graph.nodes[j])
         chain_first = graph.nodes[j].op == node.op  # a + b + c rather than c + (a + b)
         return (not number_first, not chain_first, not depends[j], sizes[j], j)
 
@@ -91,8 +107,5 @@ def _print_node(node, args) -> tuple[str, int]:
         if rp <= spec.precedence:  # a - (b - c), a + (b + c): the tree is left-leaning
             right = f"({right})"
         return f"{left} {spec.symbol} {right}", spec.precedence
-    parts = [text for text, _ in args]
-    for key, kw in spec.keywords.items():
-        if node.attrs.get(key, kw.default) != kw.default:
-            parts.append(f"{key}={format_number(float(node.attrs[key]))}")
+    parts = _literal(node) + [text for text, _ in args] + _keywords(node)
     return f"{node.op}({', '.join(parts)})", _ATOM

@@ -1,6 +1,7 @@
 """Random layer graphs: the search's first population and the tests' fuzz input.
 
-A graph is grown bottom-up from `x` and a few terminals; each new node takes
+A graph is grown bottom-up from `x` and a few terminals (learnable vectors,
+literals, now and then a learnable scalar); each new node takes
 its inputs from what exists, favouring recent nodes so graphs get deep as
 well as wide. Keyword values come from their registry menus (`Keyword.menu`).
 """
@@ -21,11 +22,21 @@ def random_keywords(op: str, rng: random.Random) -> dict:
     return {key: rng.choice(kw.menu) for key, kw in OPS[op].keywords.items()}
 
 
+# How often a terminal is a learnable vector, a learnable scalar (rarely: one number per layer,
+# DyT's alpha) or a literal (the rest). A scalar takes a literal's draws, so a random layer
+# either has the same terminals it had before scalars existed or a scalar in place of a literal.
+P_VECTOR = 0.7
+P_SCALAR = 0.05
+
+
 def random_terminal(rng: random.Random, vectors: Iterable[str] = LEARNABLE_VECTORS) -> tuple[str, dict]:
-    """A learnable vector most of the time, a literal otherwise."""
-    if rng.random() < 0.7:
+    """A learnable vector most of the time, a literal otherwise, now and then a learnable
+    scalar starting at such a literal."""
+    draw = rng.random()
+    if draw < P_VECTOR:
         return "param", {"name": rng.choice(tuple(vectors))}
-    return "const", {"value": rng.choice(CONSTANTS)}
+    op = "scalar" if draw < P_VECTOR + P_SCALAR else "const"
+    return op, {"value": rng.choice(CONSTANTS)}
 
 
 def random_graph(rng: random.Random, ops: Iterable[str] = INNER_OPS, min_ops: int = 2,

@@ -14,7 +14,7 @@ from evaluators.trainer import TrainConfig, train_and_score
 from helpers import default_training
 from primitives import compile_layer, export_layer, parse
 from primitives.codegen import layer_class
-from primitives.library import REFERENCE_LAYERS
+from primitives.library import REFERENCE_LAYERS, TRANSFORMER_LAYERS
 from primitives.random_graph import random_graph
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -243,6 +243,10 @@ def test_inductor_compiled_bf16_training_matches_eager(synthetic):
 # trainings near chance differ by noise, which says nothing about mixed precision
 # (tests/test_trainer.py holds its failure to train)
 _NOT_TRAINING = ("bn-square",)
+# the Transformer-position layers (primitives.library.TRANSFORMER_LAYERS) are not trained on the
+# resnet proxy here: without an activation there they leave it nearly linear (the identity makes
+# it linear), which says nothing about mixed precision; the fast tests above hold them bit for bit
+_NOT_TRAINING += TRANSFORMER_LAYERS
 
 
 @pytest.mark.slow

@@ -43,12 +43,16 @@ FIXED = [
     "(x - instance_mean(x)) / instance_std(x, eps=0.1) * sigmoid(x)",
     "x / instance_rms(x) - instance_var(x) * v3",
     "(x - channel_mean(x)) / channel_std(x) + channel_var(x) * v1 + x / channel_rms(x)",
+    "(x - channel_mean(x)) / channel_std(x, eps=0.01) * gamma + beta",
+    "sigmoid((x * v1 - channel_mean(x * v1)) / channel_std(x * v1) * v2) + (x - channel_mean(x)) / channel_std(x)",
     "x / max(batch_std(x, eps=0.001), v1 * x + instance_std(x, eps=0.001)) * gamma + beta",
     "poly((x - batch_mean(x)) / batch_std(x), order=3) * gamma + beta",
     "rational(x - batch_mean(x), p=3, q=2) * gamma + beta",
     "poly(x, order=2) + rational(x * v1, p=2, q=3)",
     "poly((x - batch_mean(x)) / batch_std(x), norm=1) * gamma + poly(instance_mean(x), order=2, norm=1)",
     "batch_mean(gamma * x) + batch_var(v1) * x + layer_mean(beta) * x",
+    "tanh(scalar(0.5) * x) * gamma + erf(scalar(0.5, id=1) * x + scalar(-1)) + batch_mean(scalar(2) * x)",
+    "max(x, scalar(0.1)) / (1 + abs(scalar(0.5))) + poly(scalar(0.5) + x, order=2)",
 ]
 
 
@@ -108,6 +112,8 @@ class Interpreter:
                 units += 1
             elif node.op == "param":
                 values.append(params[node.attrs["name"]].view((1, -1) + (1,) * (x.dim() - 2)))
+            elif node.op == "scalar":   # one number for the layer, as it is
+                values.append(params[("scalar", node.attrs["value"], node.attrs.get("id", 0))])
             else:
                 values.append(_ELEMENTWISE[node.op](x, node.attrs, *ins))
         return values[self.graph.output]
@@ -202,12 +208,21 @@ def _unit_coefficients(module, graph):
     return out
 
 
+def _scalar_names(graph):
+    """("scalar", value, id) per learnable scalar -> its parameter `scalar{k}`, k its place
+    among the scalars in the graph's node order (README.md)."""
+    keys = [("scalar", n.attrs["value"], n.attrs.get("id", 0)) for n in graph.nodes if n.op == "scalar"]
+    return {key: f"scalar{k}" for k, key in enumerate(keys)}
+
+
 def _design_start(graph, channels):
     """The parameters the formula language prescribes at construction: named vectors at their start
-    values, poly and rational units at the identity (a1 = 1, every other coefficient 0), per channel
-    or, shared, one column."""
+    values, learnable scalars at theirs (0-dim), poly and rational units at the identity (a1 = 1,
+    every other coefficient 0), per channel or, shared, one column."""
     vectors = {n.attrs["name"]: torch.full((channels,), VECTOR_START[n.attrs["name"]], dtype=torch.float64)
                for n in graph.nodes if n.op == "param"}
+    # a scalar starts at its value in float32, the module's dtype at construction (0.1 rounded)
+    vectors.update({key: torch.tensor(key[1]).double() for key in _scalar_names(graph)})
     units = []
     for n in graph.nodes:
         if n.spec.kind == "unit":
@@ -227,7 +242,8 @@ def _design_start(graph, channels):
 def _interpreter_params(module, graph):
     named = dict(module.named_parameters())
     vectors = {n.attrs["name"]: named[n.attrs["name"]] for n in graph.nodes if n.op == "param"}
-    return {**vectors, **dict(enumerate(_unit_coefficients(module, graph)))}
+    scalars = {key: named[name] for key, name in _scalar_names(graph).items()}
+    return {**vectors, **scalars, **dict(enumerate(_unit_coefficients(module, graph)))}
 
 
 def _exec_class(source, name):
@@ -342,6 +358,7 @@ def test_the_graphs_cover_every_op_and_moment():
     assert used == set(OPS), set(OPS) - used
     fused = sum("F.batch_norm" in generate_source(g) or "F.group_norm" in generate_source(g) for g in GRAPHS)
     assert fused >= 5  # the fused kernels are among what is compared
+    assert sum("F.layer_norm" in generate_source(g) for g in GRAPHS) >= 2
 
 
 @pytest.mark.parametrize("chunk", range(4))

@@ -169,6 +169,10 @@ TRAIN_ALIKE = [   # (first, later, status of the later one)
     ("x * gamma + beta * v0", "x * gamma", "equivalent"),        # both start at 0: no gradient
     ("x * gamma + v0 * (v1 - 1)", "x * gamma", "equivalent"),    # likewise
     (f"relu({BN} * gamma + beta) * (v1 / v1)", f"relu({BN} * gamma + beta)", "equivalent"),
+    # learnable scalars: ids of one initial value are names too; 0-dim parameters train alike
+    ("tanh(scalar(0.5, id=3) * x) * gamma + beta", "tanh(scalar(0.5) * x) * gamma + beta", "duplicate"),
+    ("scalar(1, id=4) * x + scalar(1, id=2) * tanh(x)", "scalar(1) * x + scalar(1, id=1) * tanh(x)", "duplicate"),
+    ("scalar(1) * x + scalar(0) * scalar(0, id=1)", "scalar(1) * x", "equivalent"),   # no gradient at 0
 ]
 
 TRAIN_APART = [
@@ -184,6 +188,10 @@ TRAIN_APART = [
     ("relu(x) + beta", "relu(x) + layer_var(beta)"),
     ("poly(x, order=2)", "poly(x, order=3)"),
     ("x * max(gamma, 0.5)", "x * gamma"),
+    ("tanh(scalar(0.5) * x) * gamma + beta", "tanh(scalar(1) * x) * gamma + beta"),   # DyT's alpha0
+    ("tanh(scalar(0.5) * x)", "tanh(0.5 * x)"),   # the scalar learns
+    ("scalar(1) * x", "gamma * x"),               # one number for the layer, or one per channel
+    ("scalar(1) * scalar(1, id=1) * x", "scalar(1) * scalar(1) * x"),
 ]
 
 

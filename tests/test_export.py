@@ -9,6 +9,9 @@ import torch
 from primitives import compile_layer, export_layer, parse
 from primitives.library import REFERENCE_LAYERS
 
+# learnable scalars (0-dim parameters) beside vectors and a batch moment
+REFERENCES = {"scalars": "erf(scalar(0.5) * x + scalar(0)) * gamma + scalar(2) * batch_mean(x) + beta"}
+
 FRESH_CHECK = textwrap.dedent("""
     import importlib.util, sys, torch
     path, class_name, state_path, data_path = sys.argv[1:5]
@@ -30,9 +33,9 @@ FRESH_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["bn-relu", "evonorm-b0", "evonorm-s0", "bn-rational"])
+@pytest.mark.parametrize("name", ["bn-relu", "evonorm-b0", "evonorm-s0", "bn-rational", "scalars"])
 def test_export_loads_in_a_fresh_interpreter_with_the_compiled_state(name, tmp_path):
-    graph = parse(REFERENCE_LAYERS[name])
+    graph = parse(REFERENCES.get(name) or REFERENCE_LAYERS[name])
     channels = 16
     layer = compile_layer(graph, channels)
     torch.manual_seed(0)
@@ -77,9 +80,9 @@ def _load(source, class_name):
     return namespace[class_name]
 
 
-@pytest.mark.parametrize("name", ["evonorm-b0", "evonorm-s0"])
+@pytest.mark.parametrize("name", ["evonorm-b0", "evonorm-s0", "scalars"])
 def test_export_works_with_torch_compile_fullgraph(name):
-    graph = parse(REFERENCE_LAYERS[name])
+    graph = parse(REFERENCES.get(name) or REFERENCE_LAYERS[name])
     cls = _load(export_layer(graph, class_name="L"), "L")
     torch.manual_seed(0)
     eager, compiled_src = cls(8), cls(8)
@@ -94,9 +97,9 @@ def test_export_works_with_torch_compile_fullgraph(name):
         torch.testing.assert_close(compiled_src.state_dict()[key], value)
 
 
-@pytest.mark.parametrize("name", ["bn-relu", "evonorm-s0", "bn-poly"])
+@pytest.mark.parametrize("name", ["bn-relu", "evonorm-s0", "bn-poly", "scalars"])
 def test_export_works_with_torch_export(name):
-    graph = parse(REFERENCE_LAYERS[name])
+    graph = parse(REFERENCES.get(name) or REFERENCE_LAYERS[name])
     cls = _load(export_layer(graph, class_name="L"), "L")
     layer = cls(8).eval()
     x = torch.randn(2, 8, 5, 5)

@@ -223,3 +223,20 @@ def test_to_networkx_keeps_both_slots_of_a_repeated_input():
 ])
 def test_mixes_positions(formula, mixes):
     assert parse(formula).mixes_positions is mixes
+
+
+def test_every_recorded_graph_keeps_its_canonical_json_and_hash():
+    """The runs committed in results/ were recorded by older versions of the language (before
+    learnable scalars, shared and normalised units): each record's formula still parses to its
+    recorded hash, and its recorded graph JSON is still the canonical JSON."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+    seen = 0
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("results/*/candidates/*.parquet")):
+        for row in pq.read_table(path, columns=["formula", "graph", "graph_hash"]).to_pylist():
+            if row["formula"]:
+                g = parse(row["formula"])
+                assert (g.hash, g.to_json()) == (row["graph_hash"], row["graph"]), row["formula"]
+                assert Graph.from_json(row["graph"]).hash == row["graph_hash"]
+                seen += 1
+    assert seen >= 900

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from primitives import Graph, parse
+from primitives import Graph, GraphError, parse
 from primitives.library import REFERENCE_LAYERS
 from search.engine.modes import get_mode
 from search.engine.mutation import KINDS, mutate
@@ -45,6 +45,10 @@ def test_every_kind_applies_to_reference_layers(name):
     graph = parse(REFERENCE_LAYERS[name])
     rng = random.Random(name)
     for kind in KINDS:
+        if name == "identity" and kind != "insert":   # the bare input: no op, keyword or vector to change
+            with pytest.raises(GraphError):
+                mutate(graph, rng, get_mode("batch"), kinds=(kind,))
+            continue
         child, text = mutate(graph, rng, get_mode("batch"), kinds=(kind,))
         assert text.startswith(kind) and child.hash != graph.hash
 

@@ -134,6 +134,29 @@ def ref_bn_square(x, p, state, training):
     return (bn(x, p, state, training) * per_channel(p["gamma"]) + per_channel(p["beta"])) ** 2
 
 
+def ref_layernorm(x, p, state, training):
+    # each position's channels: a token's LayerNorm when the layer sees tokens as (N, D, L)
+    mean = x.mean(1, keepdim=True)
+    var = ((x - mean) ** 2).mean(1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + EPS) * per_channel(p["gamma"]) + per_channel(p["beta"])
+
+
+def ref_rmsnorm(x, p, state, training):
+    return x / torch.sqrt((x * x).mean(1, keepdim=True) + EPS) * per_channel(p["gamma"])
+
+
+def ref_dyt(x, p, state, training):
+    return torch.tanh(p["scalar0"] * x) * per_channel(p["gamma"]) + per_channel(p["beta"])
+
+
+def ref_derf(x, p, state, training):
+    return torch.erf(p["scalar0"] * x + p["scalar1"]) * per_channel(p["gamma"]) + per_channel(p["beta"])
+
+
+def ref_identity(x, p, state, training):
+    return x
+
+
 def test_every_library_layer_has_a_hand_written_reference():
     assert set(REFERENCE_LAYERS) == set(REFERENCES) | {"bn-relu"}  # bn-relu: against BatchNorm2d below
 
@@ -142,7 +165,8 @@ REFERENCES = {
     "gn-relu": ref_gn_relu, "ln-gelu": ref_ln_gelu, "evonorm-b0": ref_b0, "evonorm-b1": ref_b1,
     "evonorm-s0": ref_s0, "evonorm-s1": ref_s1, "evonorm-s2": ref_s2, "bn-swish": ref_bn_swish,
     "polynorm": ref_polynorm, "bn-poly": ref_bn_poly, "bn-rational": ref_bn_rational,
-    "bn-square": ref_bn_square,
+    "bn-square": ref_bn_square, "layernorm": ref_layernorm, "rmsnorm": ref_rmsnorm, "dyt": ref_dyt,
+    "derf": ref_derf, "identity": ref_identity,
 }
 
 
@@ -267,6 +291,7 @@ GRADCHECK_FORMULAS = [
     "-(x ** 3) / (2 + x ** 4) + (x + beta) ** 2",
     "poly(x, order=4) + poly(tanh(x), order=2) * gamma",
     "rational(x) + rational(sigmoid(x), p=3, q=2)",
+    "tanh(scalar(0.5) * x) * gamma + erf(scalar(-0.5, id=2) * x + scalar(0))",
 ]
 
 
@@ -305,6 +330,9 @@ def _module_from_source(source, name="EvoLayer"):
     ("(x - group_mean(x, groups=4)) / group_std(x, groups=4) * v1 + beta", "F.group_norm"),
     ("tanh((x * v1 - layer_mean(x * v1)) / layer_std(x * v1))", "F.group_norm"),
     ("(x - instance_mean(x)) / instance_std(x, eps=0.1) * sigmoid(x)", "F.group_norm"),
+    ("(x - channel_mean(x)) / channel_std(x) * gamma + beta", "F.layer_norm"),          # weight and bias join
+    ("tanh((x * v1 - channel_mean(x * v1)) / channel_std(x * v1, eps=0.01) * v2)", "F.layer_norm"),
+    ("(x - channel_mean(x)) / channel_std(x) * sigmoid(x)", "F.layer_norm"),
 ])
 @pytest.mark.parametrize("shape", [(6, 8, 5, 5), (3, 8, 1, 1)])
 def test_fused_standardisation_matches_written_out_moments(formula, kernel, shape):
@@ -343,5 +371,20 @@ def test_standardisation_pieces_used_elsewhere_are_not_fused():
     for formula in ["(x - batch_mean(x)) / batch_std(x) + batch_var(x)",   # the variance is used again
                     "(x - batch_mean(x)) / batch_std(x) * batch_mean(x)",  # so is the mean
                     "(x - batch_mean(x)) / layer_std(x)",                  # two axes
-                    "(x - channel_mean(x)) / channel_std(x)"]:             # no kernel over channels
+                    "(x - channel_mean(x)) / channel_std(x) + channel_var(x)"]:
         assert "F." not in generate_source(parse(formula)), formula
+
+
+def test_a_channel_standardisation_takes_its_affine_vectors_into_layer_norm():
+    from primitives.codegen import generate_source
+    calls = {formula: [line for line in generate_source(parse(formula)).splitlines() if "F.layer_norm" in line]
+             for formula in ["(x - channel_mean(x)) / channel_std(x) * gamma + beta",
+                             "(x - channel_mean(x)) / channel_std(x) * v3",
+                             "(x - channel_mean(x)) / channel_std(x) * gamma + 2",
+                             "(x - channel_mean(x)) / channel_std(x) * gamma + beta * gamma"]}
+    lines = [line for found in calls.values() for line in found]
+    assert len(lines) == 4
+    assert "self.gamma, self.beta" in lines[0] and "self.v3, None" in lines[1]
+    assert "self.gamma, None" in lines[2] and "+ 2" in lines[2] and "self.gamma, None" in lines[3]
+    source = generate_source(parse(REFERENCE_LAYERS["layernorm"]))
+    assert "gamma = self.gamma.view" not in source      # no view left for the vectors the call takes

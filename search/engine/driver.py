@@ -56,11 +56,12 @@ def initial_seeds(config, mode: Mode) -> list[Graph]:
     """The known layers that open the run: --seed-formula ones, then (unless turned off) the
     reference library's layers that fit the mode. Starting next to known-good layers is
     what lets a one-hour search on a small machine improve on them rather than spend its
-    budget rediscovering normalisation from random graphs."""
-    from primitives.library import REFERENCE_LAYERS
+    budget rediscovering normalisation from random graphs. The layers made for Transformer
+    positions (`TRANSFORMER_LAYERS`: no activation, or none at all) are not seeds here."""
+    from primitives.library import REFERENCE_LAYERS, TRANSFORMER_LAYERS
     formulas = list(config.seed_formulas)
     if getattr(config, "library_seeds", False):
-        formulas += list(REFERENCE_LAYERS.values())
+        formulas += [f for name, f in REFERENCE_LAYERS.items() if name not in TRANSFORMER_LAYERS]
     seeds, seen = [], set()
     for formula in formulas:
         graph = parse(formula)

@@ -9,8 +9,11 @@ function each, picked from the `MUTATIONS` table:
 - `rewire`:  one input of a node now comes from another earlier node or a new terminal
 - `insert`:  a new op node is put after a node, in front of its consumers
 - `remove`:  a node is bypassed: its consumers read one of its inputs instead
-- `keyword`: a keyword (eps, groups, order, p, q, k, shared, norm) or a constant gets another value
-- `vector`:  a learnable vector becomes another one (or a constant, or back)
+- `keyword`: a keyword (eps, groups, order, p, q, k, shared, norm), a constant or a learnable
+             scalar's initial value gets another value
+- `vector`:  a learnable vector becomes another one, a constant or a learnable scalar; a
+             constant becomes a vector or a learnable scalar starting at its value; a
+             learnable scalar becomes the constant of its initial value (or a vector)
 
 Editing works on small mutable node objects linked by reference, so no index
 bookkeeping is needed; the result goes back through `Graph.from_nodes`, which
@@ -21,7 +24,9 @@ from __future__ import annotations
 import random
 
 from primitives import Graph, GraphError
-from primitives.ops import LEARNABLE_VECTORS, OPS
+from primitives.graph import Node
+from primitives.ops import LEARNABLE_VECTORS, OPS, SCALAR_ID, VECTOR_INIT
+from primitives.printer import node_label
 from primitives.random_graph import CONSTANTS, random_keywords, random_terminal
 
 from search.engine.modes import Mode, get_mode
@@ -35,8 +40,8 @@ class _N:
     def label(self) -> str:
         if self.op == "const":
             return f"{self.attrs['value']:g}"
-        if self.op == "param":
-            return self.attrs["name"]
+        if self.op in ("param", "scalar"):
+            return node_label(Node(self.op, (), self.attrs))
         kw = ", ".join(f"{k}={v:g}" for k, v in sorted(self.attrs.items()))
         return f"{self.op}({kw})" if kw else self.op
 
@@ -150,13 +155,14 @@ def _mutate_remove(objs, output, rng, mode):
 
 
 def _mutate_keyword(objs, output, rng, mode):
-    """A keyword (eps, groups, order, p, q, k, shared, norm) or a constant gets another value."""
-    tunable = [n for n in objs if n.op == "const" or (n.inputs and OPS[n.op].keywords)]
+    """A keyword (eps, groups, order, p, q, k, shared, norm), a constant or a learnable scalar's
+    initial value gets another value."""
+    tunable = [n for n in objs if n.op in ("const", "scalar") or (n.inputs and OPS[n.op].keywords)]
     if not tunable:
         return None
     node = rng.choice(tunable)
     old = node.label()
-    if node.op == "const":
+    if node.op in ("const", "scalar"):
         value = node.attrs["value"]
         node.attrs["value"] = rng.choice([c for c in CONSTANTS if c != value] + [value * rng.choice((0.5, 2.0, -1.0))])
     else:
@@ -170,19 +176,44 @@ def _mutate_keyword(objs, output, rng, mode):
 
 
 def _mutate_vector(objs, output, rng, mode):
-    """A learnable vector becomes another one (or a constant; a constant becomes a vector)."""
-    leaves = [n for n in objs if n.op in ("param", "const")]
+    """A learnable vector becomes another one, a constant, or a learnable scalar starting at
+    the vector's initial value; a constant becomes a vector or a learnable scalar starting at
+    its value; a learnable scalar becomes the constant of its initial value (it stops
+    learning) or a vector. A new scalar is a new parameter: it takes the lowest id no scalar
+    of its value has, and the mutation does not apply when all ten are taken."""
+    leaves = [n for n in objs if n.op in ("param", "const", "scalar")]
     if not leaves:
         return None
     node = rng.choice(leaves)
     old = node.label()
-    if node.op == "param" and rng.random() < 0.85:
-        node.attrs = {"name": rng.choice([v for v in LEARNABLE_VECTORS if v != node.attrs["name"]])}
-    elif node.op == "param":
-        node.op, node.attrs = "const", {"value": rng.choice(CONSTANTS)}
+    draw = rng.random()
+    if node.op == "param":
+        if draw < 0.8:
+            node.attrs = {"name": rng.choice([v for v in LEARNABLE_VECTORS if v != node.attrs["name"]])}
+        elif draw < 0.9:
+            node.op, node.attrs = "const", {"value": rng.choice(CONSTANTS)}
+        elif not _become_scalar(node, VECTOR_INIT[node.attrs["name"]], objs):
+            return None
+    elif node.op == "const":
+        if draw < 0.7:
+            node.op, node.attrs = "param", {"name": rng.choice(LEARNABLE_VECTORS)}
+        elif not _become_scalar(node, node.attrs["value"], objs):
+            return None
+    elif draw < 0.7:   # a scalar stops learning: the literal of its initial value
+        node.op, node.attrs = "const", {"value": node.attrs["value"]}
     else:
         node.op, node.attrs = "param", {"name": rng.choice(LEARNABLE_VECTORS)}
     return output, f"vector {old} -> {node.label()}"
+
+
+def _become_scalar(node: _N, value: float, objs) -> bool:
+    """Turn `node` into a new learnable scalar starting at `value` (False: all ids taken)."""
+    taken = {n.attrs.get("id", SCALAR_ID.default) for n in objs if n.op == "scalar" and n.attrs["value"] == value}
+    free = [k for k in range(SCALAR_ID.low, SCALAR_ID.high + 1) if k not in taken]
+    if not free:
+        return False
+    node.op, node.attrs = "scalar", {"value": value, "id": free[0]}
+    return True
 
 
 # kind -> (how it edits the graph, how often it is drawn); adding a mutation is one entry here.

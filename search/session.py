@@ -177,11 +177,7 @@ def check_config(config: SearchConfig) -> Mode:
         if problem:
             raise ConfigError(f"seed formula {formula!r} {problem}")
     if config.evaluator == "train":
-        from evaluators.evaluate import EvalConfig
-        try:
-            EvalConfig.from_dict(config.eval_config_dict())
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"bad evaluation setting: {err}") from None
+        config.eval_config()
     return mode
 
 
@@ -213,10 +209,7 @@ def run_info(config: SearchConfig) -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    eval_config = None
-    if config.evaluator == "train":
-        from evaluators.evaluate import EvalConfig
-        eval_config = EvalConfig.from_dict(config.eval_config_dict()).to_dict()
+    eval_config = config.eval_config().to_dict() if config.evaluator == "train" else None
     return {"config": config.to_dict(), "seed": config.seed, "versions": versions,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "objectives": [{"column": c, "goal": g} for c, g in zip(config.objectives, config.goals)],

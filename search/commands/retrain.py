@@ -19,7 +19,9 @@ searched ones. Proxies differ in difficulty, so a gap means little alone: a
 layer transfers as well as BN-ReLU when its gap is no worse than BN-ReLU's.
 
 `--batch-size B` trains at batch B; unless `--lr-range` is given the range
-scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start.
+scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start. Steps and
+the warm start follow the evaluators' one rule (`evaluators.evaluate.training_budget`)
+from the run's settings: twice the run's steps at its batch, twice the rule's at another.
 Rows land in DIR/retrain.parquet (written atomically); the table of mean and
 spread and the comparison with BN-ReLU are printed (`search.analysis.report`; `evonorm
 show DIR` prints them again). Every training is journaled as it finishes (`search.store.journal`,
@@ -37,7 +39,12 @@ from pathlib import Path
 STARTUP_TRIALS = 5
 DEFAULT_TRIALS = 12
 LR_RANGE_AT_128 = (0.02, 0.5)
+# the training flags' defaults, where retrain's are the run's
+RUN_DEFAULTS = {"steps": "default: twice the run's, or twice the recommended steps at --batch-size when it "
+                         "differs from the run's",
+                "batch_size": "default: the run's"}
 
+from search.config import add_training_flags, check_training
 from search.errors import UsageError
 from search.store.files import check_writable_file, write_atomic
 from search.store.journal import Journal, key
@@ -51,10 +58,7 @@ def add_arguments(parser):
     parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                         help=f"Optuna trials per layer (default {DEFAULT_TRIALS}: the search's lr, "
                              f"{STARTUP_TRIALS - 1} random, then TPE)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default: twice the run's, or twice the recommended steps "
-                             "at --batch-size when it differs from the run's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the run's)")
+    add_training_flags(parser, ("steps", "batch_size"), defaults=RUN_DEFAULTS)
     parser.add_argument("--lr-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="learning rates tried (default 0.02 0.5 at batch 128, scaled linearly "
                              "with the batch size)")
@@ -64,7 +68,7 @@ def add_arguments(parser):
     parser.add_argument("--dataset", default=None, help="dataset (default: the run's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")
-    parser.add_argument("--device", default="auto")
+    add_training_flags(parser, ("device",))
     parser.add_argument("-o", "--output", default=None,
                         help="parquet file of the trainings (default: DIR/retrain.parquet)")
     parser.add_argument("--workers", type=int, default=1,
@@ -80,8 +84,8 @@ def run(args) -> int:
     for name in ("top", "seeds", "trials"):
         if getattr(args, name) < (0 if name == "top" else 1):
             raise UsageError(f"--{name} must be {'non-negative' if name == 'top' else 'positive'}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be positive")
+    for name in ("steps", "batch_size"):
+        check_training(name, getattr(args, name), "--" + name.replace("_", "-"))
     if args.lr_range is not None and not 0 < args.lr_range[0] < args.lr_range[1]:
         raise UsageError("--lr-range needs 0 < LOW < HIGH")
     try:
@@ -91,8 +95,6 @@ def run(args) -> int:
     config = run_.info.get("config", {}) if isinstance(run_.info.get("config"), dict) else {}
     dataset_name = args.dataset or config.get("dataset", "fashion-mnist")
     plan = _plan(args, run_)
-    if plan["steps"] < 1:
-        raise UsageError("--steps must be positive")
     archs = list(args.archs or run_.archs)
     output = Path(args.output or run_.retrain_path)
     check_writable_file(output)  # before hours of training, not after
@@ -141,17 +143,17 @@ def _plan(args, run_) -> dict:
     """Steps, batch size, lr range and warm-start lr of the retraining, from the flags and
     the run's own evaluation settings (its lr was chosen for its batch size: it scales
     linearly to ours)."""
-    from evaluators.evaluate import recommended_steps, scaled_lr
+    from evaluators.evaluate import scaled_lr, training_budget
 
     config = run_.info.get("config") if isinstance(run_.info.get("config"), dict) else {}
     evals = run_.info.get("eval_config") if isinstance(run_.info.get("eval_config"), dict) else {}
-    run_batch = int(evals.get("batch_size") or config.get("batch_size") or 128)
-    run_steps = int(evals.get("steps") or config.get("steps") or recommended_steps(run_batch))
-    run_lr = float(evals.get("lr") or config.get("lr") or scaled_lr(run_batch))
-    batch = args.batch_size or run_batch
-    steps = args.steps or 2 * (run_steps if batch == run_batch else recommended_steps(batch))
+    recorded = {k: evals.get(k) or config.get(k) or None for k in ("batch_size", "steps", "lr")}
+    ran = training_budget(**{k: None if v is None else (float if k == "lr" else int)(v) for k, v in recorded.items()})
+    batch = args.batch_size or ran.batch_size
+    # twice the run's steps; at another batch size, twice the rule's (the trainer's default cost)
+    steps = training_budget(batch, args.steps, scale=2, default=ran if batch == ran.batch_size else None).steps
     low, high = args.lr_range or tuple(scaled_lr(batch, lr) for lr in LR_RANGE_AT_128)
-    warm = min(high, max(low, run_lr * batch / run_batch))
+    warm = min(high, max(low, scaled_lr(batch, default=ran)))
     return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm}
 
 

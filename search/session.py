@@ -13,7 +13,7 @@ the store: the run directory's single writer, the driver), drives the search to 
 budget and releases them again, also on Ctrl-C or an error. `stop()` ends a run early
 from another thread; Ctrl-C or `kill` (SIGTERM) end it from outside. What was
 recorded is flushed either way, and `Session.resume` continues the run. `evonorm
-search` and `evonorm resume` are these calls behind flags. Bad input is a
+search` and `evonorm resume` are these calls behind flags (`run_from_cli`). Bad input is a
 `search.errors.EvonormError`, raised before anything is written.
 """
 from __future__ import annotations
@@ -92,6 +92,20 @@ class Session:
             return written
         finally:
             self._release()
+
+    def run_from_cli(self, quiet: bool = False) -> int:
+        """`run` as `evonorm search` and `evonorm resume` do it: progress on stderr, the run
+        directory on stdout when the run ends at its budget; on Ctrl-C or `kill` a word on
+        how to continue. Returns the exit status (130 when interrupted)."""
+        try:
+            written = self.run(quiet=quiet, stream=sys.stderr)
+        except KeyboardInterrupt:
+            print(f"evonorm: interrupted; {self.dir} keeps what was recorded (evonorm resume {self.dir})",
+                  file=sys.stderr)
+            return 130
+        if written:
+            print(self.dir)
+        return 0
 
     def stop(self) -> None:
         """End a running `run` early (call it from another thread): the driver stops at its

@@ -23,12 +23,28 @@ _TRAIN_DEFAULTS = _trainer.TrainConfig()
 from .record import STATUSES  # noqa: F401  (part of this module's face)
 
 
-def scaled_lr(batch_size: int, lr_at_default_batch: float = _TRAIN_DEFAULTS.lr) -> float:
+@dataclass(frozen=True)
+class Budget:
+    """A training's steps, batch size and learning rate."""
+
+    steps: int
+    batch_size: int
+    lr: float
+
+
+# the trainer's defaults: 300 steps of batch 128 at lr 0.1
+TRAINER_BUDGET = Budget(_TRAIN_DEFAULTS.steps, _TRAIN_DEFAULTS.batch_size, _TRAIN_DEFAULTS.lr)
+
+
+def scaled_lr(batch_size: int, lr_at_default_batch: float | None = None, *, default: Budget | None = None) -> float:
     """The learning rate for `batch_size`: linear scaling (Goyal et al. 2017, "Accurate,
-    large minibatch SGD") from `lr_at_default_batch` at the trainer's default batch,
-    0.1 at 128, so batch 8 trains at 0.00625. SGD's noise scale goes as lr / batch:
-    keeping the ratio keeps a small-batch training about as noisy per image as the default."""
-    return lr_at_default_batch * batch_size / _TRAIN_DEFAULTS.batch_size
+    large minibatch SGD") from `lr_at_default_batch` (default: the default budget's lr) at
+    the default budget's batch (the trainer's: 0.1 at 128, so batch 8 trains at 0.00625).
+    SGD's noise scale goes as lr / batch: keeping the ratio keeps a small-batch training
+    about as noisy per image as the default."""
+    default = default or TRAINER_BUDGET
+    lr = default.lr if lr_at_default_batch is None else lr_at_default_batch
+    return lr * batch_size / default.batch_size
 
 
 # A training step's cost on a CPU core grows like (batch + STEP_OVERHEAD_IMAGES): a fixed
@@ -38,13 +54,32 @@ def scaled_lr(batch_size: int, lr_at_default_batch: float = _TRAIN_DEFAULTS.lr) 
 STEP_OVERHEAD_IMAGES = 10
 
 
-def recommended_steps(batch_size: int) -> int:
-    """The step count at which a candidate trained at `batch_size` costs about what the
-    default one (300 steps of 128) does on a CPU core: 300 at 128, 990 at 32, 1590 at 16,
+def recommended_steps(batch_size: int, default: Budget | None = None) -> int:
+    """The step count at which a training at `batch_size` costs about what the default one
+    (the trainer's: 300 steps of 128) does on a CPU core: 300 at 128, 990 at 32, 1590 at 16,
     2300 at 8 (then it sees 18,400 images against the default's 38,400). Rounded to 10."""
-    default = _TRAIN_DEFAULTS
+    default = default or TRAINER_BUDGET
     steps = default.steps * (default.batch_size + STEP_OVERHEAD_IMAGES) / (batch_size + STEP_OVERHEAD_IMAGES)
     return max(10, int(round(steps / 10)) * 10)
+
+
+def training_budget(batch_size: int | None = None, steps: int | None = None, lr: float | None = None, *,
+                    scale: int = 1, default: Budget | None = None) -> Budget:
+    """The one rule linking a training's steps and learning rate to its batch size, applied
+    to the settings left out (None): the batch size is the default's; the steps are the
+    default's at its batch size and at another the count at which a training costs what a
+    default one does (`recommended_steps`), times `scale` (retrain trains twice as long);
+    the lr scales linearly with the batch size from the default's (`scaled_lr`). Given
+    values are kept as they are. `default`: the budget at the default batch size, the
+    trainer's 300 steps of 128 at lr 0.1 unless given (a run's own settings; later, a
+    proxy's own recipe)."""
+    default = default or TRAINER_BUDGET
+    batch = default.batch_size if batch_size is None else batch_size
+    if steps is None:
+        steps = scale * (default.steps if batch == default.batch_size else recommended_steps(batch, default))
+    if lr is None:
+        lr = scaled_lr(batch, default=default)
+    return Budget(steps, batch, lr)
 
 
 @dataclass
@@ -54,12 +89,15 @@ class EvalConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     archs: tuple[str, ...] = ("resnet", "mobilenetv2", "efficientnet")
-    steps: int = _TRAIN_DEFAULTS.steps
-    batch_size: int = _TRAIN_DEFAULTS.batch_size
-    lr: float | None = None              # None: scaled_lr(batch_size), 0.1 at the default 128
+    # None: training_budget's rule (the trainer's 300 steps of 128 at lr 0.1; at another batch
+    # size the steps at which a training costs the same, and the lr scaled linearly)
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     seed: int = 0
-    # protocol 5: archs[0]'s training is scored after quality_steps (then it goes on)
-    quality_steps: int = max(1, _TRAIN_DEFAULTS.steps // 5)
+    # protocol 5: archs[0]'s training is scored after quality_steps (then it goes on). None:
+    # a fifth of the steps when they follow the batch size, else a fifth of the trainer's (60)
+    quality_steps: int | None = None
     quality_threshold: float = 0.2
     # protocol 4: reject when the adversarial gradient norm grows more than this
     stability_threshold: float = 1e4
@@ -68,8 +106,12 @@ class EvalConfig:
 
     def __post_init__(self):
         self.archs = tuple(self.archs)
-        if self.lr is None and isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool):
-            self.lr = scaled_lr(self.batch_size)
+        derived = self.steps is None
+        if self.batch_size is None or _positive_int(self.batch_size):
+            budget = training_budget(self.batch_size, self.steps, self.lr)
+            self.steps, self.batch_size, self.lr = budget.steps, budget.batch_size, budget.lr
+        if self.quality_steps is None and _positive_int(self.steps):
+            self.quality_steps = max(1, (self.steps if derived else TRAINER_BUDGET.steps) // 5)
         problems = []
         if not self.archs:
             problems.append("archs is empty")
@@ -103,6 +145,10 @@ class EvalConfig:
         """The trainer's config for one proxy training (`seed`: another seed than the run's,
         for a confirmation)."""
         return _trainer.TrainConfig(**_train_kwargs(self, steps, seed))
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _train_kwargs(config: EvalConfig, steps: int | None, seed: int | None = None) -> dict:

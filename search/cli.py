@@ -2,7 +2,9 @@
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`, and
 imports heavy libraries (torch, ray, matplotlib) inside `run`, so that
-`evonorm --help` and the light commands start fast.
+`evonorm --help` and the light commands start fast. A command is a thin layer over
+the library (`search.session`, `search.analysis`, `search.store`): it imports neither
+another command nor this module.
 Bad input raises one of the `search.errors` types (`UsageError` for a flag, the
 library's own for a config, a run directory or an output); each becomes one line on
 stderr and exit status 2.
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]  # UsageError: the commands' import
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

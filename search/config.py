@@ -50,6 +50,66 @@ def setting(default, help: str | None = None, *, resume: str | None = None, flag
     return field(default=default, metadata=meta)
 
 
+@dataclass(frozen=True)
+class Training:
+    """A training setting described once: its type, what it is and its default as the help
+    text says them, and its checks (`least` for integers, `positive` for numbers).
+    SearchConfig's field and the flags of `eval` and `retrain` are made from it."""
+
+    kind: type
+    what: str
+    default: str | None = None       # the default, as the help text says it
+    least: int = 0
+    positive: bool = False
+    flag_default: object = None      # the flag's value when not given (None: the rule decides)
+
+    def help(self, default: str | None = None) -> str:
+        """The flag's help text; `default` says the default where a command has another
+        (retrain: the run's)."""
+        default = default or self.default
+        return f"{self.what} ({default})" if default else self.what
+
+    def meta(self) -> dict:
+        return {"least": self.least, "most": None, "positive": self.positive, "choices": None}
+
+
+# The training settings of search, resume, eval and retrain. What a value left out means
+# (steps and lr follow the batch size) is the evaluators' one rule, training_budget.
+TRAINING = {
+    "steps": Training(int, "training steps per proxy",
+                      "default 300 at batch 128; at another --batch-size the count at which a candidate "
+                      "costs the same, e.g. 2300 at 8", least=1),
+    "batch_size": Training(int, "training batch size", "default 128", least=1),
+    "lr": Training(float, "learning rate", "default 0.1 at batch 128, scaled linearly with --batch-size",
+                   positive=True),
+    "device": Training(str, "auto (cuda if available), cpu, cuda, cuda:1 ...", flag_default="auto"),
+}
+
+
+def training(name: str):
+    """SearchConfig's field for the training setting `name` (default None: the rule's)."""
+    t = TRAINING[name]
+    return setting(None, t.help(), least=t.least, positive=t.positive)
+
+
+def add_training_flags(parser, names, defaults: dict | None = None) -> None:
+    """A flag for each training setting in `names` (eval, retrain), with the type and help
+    text of `search`'s; `defaults`: {name: text} where a command's default is another."""
+    for name in names:
+        t = TRAINING[name]
+        parser.add_argument(_flag(name), dest=name, type=t.kind, default=t.flag_default,
+                            help=t.help((defaults or {}).get(name)))
+
+
+def check_training(name: str, value, label: str | None = None):
+    """`value` of the training setting `name` checked as SearchConfig checks it (None passes);
+    a ConfigError naming `label` (default: the setting's name, as `search` says it)."""
+    if value is None:
+        return None
+    t = TRAINING[name]
+    return _CHECKS[t.kind](label or name, value, t.meta())
+
+
 def _known_archs(archs: tuple[str, ...]) -> None:
     if not archs:
         raise ConfigError("archs may not be empty")
@@ -82,13 +142,10 @@ class SearchConfig:
     dataset: str = setting("fashion-mnist", "fashion-mnist (default), cifar10 or synthetic", choices=DATASETS)
     data_root: str | None = setting(None, "where the dataset files are",
                                     resume="where the dataset files are on this machine")
-    # None: the evaluators' default (EvalConfig.steps, which is the trainer's); see eval_config_dict
-    steps: int | None = setting(None, "training steps per proxy (default 300 at batch 128; at another "
-                                      "--batch-size the count at which a candidate costs the same, e.g. "
-                                      "2300 at 8)", least=1)
-    batch_size: int | None = setting(None, "training batch size (default 128)", least=1)
-    lr: float | None = setting(None, "learning rate (default 0.1 at batch 128, scaled linearly with "
-                                     "--batch-size)", positive=True)
+    # None: the evaluators' rule (evaluators.evaluate.training_budget); see eval_config
+    steps: int | None = training("steps")
+    batch_size: int | None = training("batch_size")
+    lr: float | None = training("lr")
     seed: int = setting(0, "search seed (default 0)", least=0)
     mode: str = setting("batch", "batch (default), sample (no batch moments) or polynomial", choices=MODES)
     max_degree: int = setting(4, "degree limit in polynomial mode (default 4)", least=1)
@@ -154,29 +211,33 @@ class SearchConfig:
         return build_config(overrides=d)
 
     def full_steps(self) -> int:
-        """Training steps per proxy of a full evaluation, settled in one place: --steps, else
-        the [eval] table's, else at another --batch-size the equal-cost count, else the
-        evaluators' default (EvalConfig.steps, which is the trainer's TrainConfig.steps)."""
-        steps = self.eval_config_dict().get("steps")
-        if steps is None:
-            from evaluators.evaluate import EvalConfig
-            steps = EvalConfig().steps
-        return int(steps)
+        """Training steps per proxy of a full evaluation: --steps, else the [eval] table's,
+        else the evaluators' rule at the batch size (training_budget: 300 at 128)."""
+        from evaluators.evaluate import training_budget
+
+        d = self.eval_config_dict()
+        return int(training_budget(d.get("batch_size"), d.get("steps")).steps)
 
     def eval_config_dict(self) -> dict:
-        """Fields for evaluators.evaluate.EvalConfig.from_dict."""
+        """Fields for evaluators.evaluate.EvalConfig.from_dict, plain values (a worker's
+        recipe travels as this): the [eval] table, then the settings given. What is left
+        out follows the evaluators' rule: at another batch size the steps at which a
+        candidate costs what a default one does, protocol 5 at the same share, the lr scaled."""
         d = dict(self.eval)
         d.update(dataset=self.dataset, data_root=self.data_root, archs=list(self.archs), seed=self.seed)
         for key in ("steps", "batch_size", "lr"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
-        if self.batch_size is not None and self.steps is None and "steps" not in d:
-            # a candidate at another batch size costs what a default one does (and the lr
-            # scales with the batch: EvalConfig); protocol 5 judges at the same share
-            from evaluators.evaluate import recommended_steps
-            d["steps"] = recommended_steps(self.batch_size)
-            d.setdefault("quality_steps", max(1, d["steps"] // 5))
         return d
+
+    def eval_config(self):
+        """The evaluators' EvalConfig of these settings; a bad one is a ConfigError."""
+        from evaluators.evaluate import EvalConfig
+
+        try:
+            return EvalConfig.from_dict(self.eval_config_dict())
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"bad evaluation setting: {err}") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
@@ -208,10 +269,10 @@ def _number(key, value, meta):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number, got {value!r}")
     value = float(value)
+    if meta["positive"] and not value > 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{key} must be a non-negative number, got {value}")
-    if meta["positive"] and value == 0:
-        raise ConfigError(f"{key} must be positive")
     if meta["most"] is not None and value > meta["most"]:
         raise ConfigError(f"{key} must lie in [0, {meta['most']}], got {value}")
     return value

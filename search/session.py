@@ -13,7 +13,7 @@ the store: the run directory's single writer, the driver), drives the search to 
 budget and releases them again, also on Ctrl-C or an error. `stop()` ends a run early
 from another thread; Ctrl-C or `kill` (SIGTERM) end it from outside. What was
 recorded is flushed either way, and `Session.resume` continues the run. `evonorm
-search` and `evonorm resume` are these calls behind flags. Bad input is a
+search` and `evonorm resume` are these calls behind flags (`run_from_cli`). Bad input is a
 `search.errors.EvonormError`, raised before anything is written.
 """
 from __future__ import annotations
@@ -92,6 +92,20 @@ class Session:
             return written
         finally:
             self._release()
+
+    def run_from_cli(self, quiet: bool = False) -> int:
+        """`run` as `evonorm search` and `evonorm resume` do it: progress on stderr, the run
+        directory on stdout when the run ends at its budget; on Ctrl-C or `kill` a word on
+        how to continue. Returns the exit status (130 when interrupted)."""
+        try:
+            written = self.run(quiet=quiet, stream=sys.stderr)
+        except KeyboardInterrupt:
+            print(f"evonorm: interrupted; {self.dir} keeps what was recorded (evonorm resume {self.dir})",
+                  file=sys.stderr)
+            return 130
+        if written:
+            print(self.dir)
+        return 0
 
     def stop(self) -> None:
         """End a running `run` early (call it from another thread): the driver stops at its
@@ -177,11 +191,7 @@ def check_config(config: SearchConfig) -> Mode:
         if problem:
             raise ConfigError(f"seed formula {formula!r} {problem}")
     if config.evaluator == "train":
-        from evaluators.evaluate import EvalConfig
-        try:
-            EvalConfig.from_dict(config.eval_config_dict())
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"bad evaluation setting: {err}") from None
+        config.eval_config()
     return mode
 
 
@@ -213,10 +223,7 @@ def run_info(config: SearchConfig) -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    eval_config = None
-    if config.evaluator == "train":
-        from evaluators.evaluate import EvalConfig
-        eval_config = EvalConfig.from_dict(config.eval_config_dict()).to_dict()
+    eval_config = config.eval_config().to_dict() if config.evaluator == "train" else None
     return {"config": config.to_dict(), "seed": config.seed, "versions": versions,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "objectives": [{"column": c, "goal": g} for c, g in zip(config.objectives, config.goals)],

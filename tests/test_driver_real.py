@@ -9,7 +9,6 @@ import math
 
 import pytest
 
-from evaluators.evaluate import EvalConfig
 from evaluators.record import STATUSES
 from evaluators.screen import Screen
 from search.session import run_info
@@ -57,7 +56,7 @@ def _drive(run_dir, budget, interrupt_at=None, **overrides):
     else:
         store = RunStore.create(run_dir, run_info(config), flush_every=config.flush_every)
         records, checkpoints = [], []
-    screen = Screen(EvalConfig.from_dict(config.eval_config_dict()))
+    screen = Screen(config.eval_config())
     spec = evaluator_spec(config)
     executor = LocalExecutor(spec) if interrupt_at is None else InterruptingExecutor(spec, interrupt_at)
     driver = Driver(config, get_mode(config.mode, config.max_degree), store, screen, executor,
@@ -175,7 +174,7 @@ def test_restore_rebuilds_population_and_screen_memory_from_disk(uninterrupted):
     records = store.records()
     store.close()
     config = _config(60)
-    screen = Screen(EvalConfig.from_dict(config.eval_config_dict()))
+    screen = Screen(config.eval_config())
     driver = Driver(config, get_mode("batch"), None, screen, None, start_id=60, done=60, progress=None)
     driver.restore(records)
     ok = [r["id"] for r in records if r["status"] == "ok"]

@@ -44,7 +44,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, real_run, tmp_path, capsys):
 
 
 def test_plot_marks_the_baselines_the_run_trained_itself(real_run):
-    from search.commands.plot import _recorded_baselines
+    from search.analysis.plots import _recorded_baselines
     from search.store.reader import load_run
     run = load_run(real_run)
     assert _recorded_baselines(run.candidates, run.acc_columns) == {

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from search.commands.plot import progress, reference_point
+from search.analysis.plots import progress, reference_point
 from search.store.reader import load_run
 from search.store.writer import RunStore
 

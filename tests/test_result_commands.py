@@ -157,7 +157,7 @@ def test_show_graph_bad_path_is_exit_2_and_writes_nothing(capsys, small_run, tmp
 
 def test_graph_layers_run_left_to_right():
     from primitives import parse
-    from search.commands.show import graph_layers, graph_positions
+    from search.analysis.drawing import graph_layers, graph_positions
 
     g = parse("x / max(batch_std(x, eps=1e-3), v1 * x + instance_std(x, eps=1e-3)) * gamma + beta")
     dag = g.to_networkx()
@@ -196,7 +196,7 @@ def test_retrain_panel_draws_mean_and_standard_error_per_layer_and_proxy():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from search.commands.plot import _retrain_panel
+    from search.analysis.plots import _retrain_panel
 
     rows = _retrain_rows({"#3": {"resnet": [0.86, 0.87, 0.88], "plainnet": [0.80, 0.80, 0.83]},
                           "bn-relu": {"resnet": [0.88, 0.88, 0.88], "plainnet": [0.81, 0.82, 0.83]},
@@ -220,7 +220,7 @@ def test_plot_adds_the_retrain_panel_when_the_run_was_retrained(capsys, tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from search.commands import plot
+    from search.analysis import plots as plot
 
     drawn = []
     monkeypatch.setattr(plot, "_retrain_panel", lambda ax, rows, refs: drawn.append((len(rows), tuple(refs))))

@@ -9,6 +9,7 @@ import pytest
 from primitives import parse
 from primitives.library import REFERENCE_LAYERS
 from search.cli import main
+from search.store import load_run
 from search.store.writer import RunStore
 
 FRONT = ["x * sigmoid(x * v1) / layer_std(x) * gamma + beta", "tanh(x - instance_mean(x)) * gamma + beta",
@@ -141,7 +142,7 @@ def test_the_lr_study_starts_at_the_searchs_rate_and_leaves_tpes_start_up(run_di
     import optuna
 
     import evaluators.trainer
-    from search.commands.retrain import DEFAULT_TRIALS, STARTUP_TRIALS
+    from search.analysis.retrain import DEFAULT_TRIALS, STARTUP_TRIALS
     calls, samplers = [], []
     real = optuna.samplers.TPESampler
 
@@ -438,3 +439,38 @@ def test_a_polynomial_mode_run_is_retrained_against_the_square_and_the_library_p
     assert (table["note"] == escaped).all()                                # the trainer's note, per row
     out = capsys.readouterr().out
     assert "vs bn-square" in out and "vs bn-poly" in out
+
+
+# -- the retrain from Python --------------------------------------------------------------------
+
+def test_retrain_from_python_plans_then_trains(run_dir, tmp_path):
+    from search.analysis.retrain import plan_retrain, retrain
+
+    out = tmp_path / "r.parquet"
+    plan = plan_retrain(run_dir, top=1, seeds=1, trials=1, steps=4, archs=["resnet"], held_out=False,
+                        baselines=False, device="cpu", output=out)
+    assert (plan.steps, plan.batch_size, plan.warm_lr, plan.lr_range) == (4, 128, 0.1, (0.02, 0.5))
+    assert [layer["name"] for layer in plan.layers] == ["#0"] and plan.trainings == 2
+    assert plan.warnings() and plan.finished() == 0 and not out.exists()
+    said = []
+    rows = retrain(plan, progress=said.append)
+    assert len(said) == plan.trainings and said[0].startswith("#0 resnet")
+    assert [(r["layer"], r["arch"], r["seed"], r["steps"]) for r in rows] == [("#0", "resnet", 1, 4)]
+    assert pq.read_table(out).to_pylist() == rows and not plan.journal_path.exists()
+    # left to the run: twice its 10 steps at its batch size
+    assert plan_retrain(load_run(run_dir), top=0, trials=12, device="cpu").steps == 20
+
+
+@pytest.mark.parametrize("kwargs,error", [({"seeds": 0}, "ConfigError"), ({"steps": 0}, "ConfigError"),
+                                          ({"archs": ["vgg"]}, "ConfigError"), ({"dataset": "imagenet"}, "ConfigError"),
+                                          ({"output": "/proc/nope.parquet"}, "UnwritableError"),
+                                          ({"top": 0, "baselines": False}, "ConfigError")])
+def test_plan_retrain_refuses_bad_input_before_any_training(run_dir, kwargs, error):
+    import search.errors
+    from search.analysis.retrain import plan_retrain
+
+    with pytest.raises(getattr(search.errors, error)):
+        plan_retrain(run_dir, device="cpu", **kwargs)
+    with pytest.raises(search.errors.RunDirError):
+        plan_retrain(run_dir / "missing")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["candidates", "front.parquet", "run.json"]

@@ -126,7 +126,7 @@ def test_retrain_refuses_a_read_only_run_dir_before_training(capsys, real_run):
 
 
 def test_plot_failure_midway_leaves_no_partial_image(capsys, tmp_path, real_run, monkeypatch):
-    from search.commands import plot
+    from search.analysis import plots as plot
     out = tmp_path / "front.png"
     out.write_bytes(b"the old plot")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 
 from primitives.util import one_line
-from search.cli import UsageError
+from search.config import add_training_flags, check_training
+from search.errors import UsageError
 
 
 def add_arguments(parser):
@@ -21,15 +22,10 @@ def add_arguments(parser):
                         help="proxy architecture (repeatable; default: resnet, mobilenetv2, efficientnet; "
                              "plainnet is the held-out one)")
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="training steps per proxy (default 300 at batch 128; at another --batch-size "
-                             "the count at which a training costs the same, e.g. 2300 at 8)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default 128)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default 0.1 at batch 128, scaled linearly with --batch-size)")
+    add_training_flags(parser, ("steps", "batch_size", "lr"))
     parser.add_argument("--data-root", default=None, help="directory holding the dataset files")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    add_training_flags(parser, ("device",))
     parser.add_argument("--no-baselines", action="store_true", help="train only the given layer")
 
 
@@ -52,18 +48,16 @@ def _parse_formula(args):
         graph = parse(args.formula)
     except FormulaError as err:
         raise UsageError(f"bad formula: {err}") from None
-    for flag in ("steps", "batch_size", "lr"):
-        value = getattr(args, flag)
-        if value is not None and not value > 0:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    for name in ("steps", "batch_size", "lr"):
+        check_training(name, getattr(args, name), "--" + name.replace("_", "-"))
     return graph
 
 
 def _config(args):
-    """The evaluation settings from the flags (steps follow the batch size unless given),
-    and the device they resolve to."""
+    """The evaluation settings from the flags (what is left out follows the evaluators'
+    rule: steps and lr follow the batch size), and the device they resolve to."""
     from evaluators.datasets import DATASET_NAMES
-    from evaluators.evaluate import EvalConfig, recommended_steps, resolve_device
+    from evaluators.evaluate import EvalConfig, resolve_device
     from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
 
     archs = tuple(dict.fromkeys(args.arch)) if args.arch else SEARCH_PROXIES
@@ -72,17 +66,9 @@ def _config(args):
             raise UsageError(f"unknown arch {arch!r} (expected one of: {', '.join(PROXY_NAMES)})")
     if args.dataset not in DATASET_NAMES:
         raise UsageError(f"unknown dataset {args.dataset!r} (expected one of: {', '.join(DATASET_NAMES)})")
-    settings = dict(dataset=args.dataset, data_root=args.data_root, archs=archs, seed=args.seed,
-                    device=args.device)
-    if args.batch_size is not None:
-        settings["batch_size"] = args.batch_size
-        settings["steps"] = recommended_steps(args.batch_size)
-    if args.steps is not None:
-        settings["steps"] = args.steps
-    if args.lr is not None:
-        settings["lr"] = args.lr
     try:
-        config = EvalConfig(**settings)
+        config = EvalConfig(dataset=args.dataset, data_root=args.data_root, archs=archs, seed=args.seed,
+                            device=args.device, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
         # protocol 5 is judged on the first proxy's full training: no extra short run
         config.quality_steps = config.steps
         return config, resolve_device(config.device)

@@ -98,12 +98,9 @@ def _export_coefficients(graph, args) -> int:
 
 
 def _from_run(run_dir, cid, Graph, GraphError):
-    from search.store.reader import RunDirError, load_run
+    from search.store import load_run
 
-    try:
-        run = load_run(run_dir)
-    except RunDirError as err:
-        raise UsageError(str(err)) from None
+    run = load_run(run_dir)
     record = run.candidate(cid)
     if record is None:
         raise UsageError(f"{run_dir}: no candidate with id {cid}")

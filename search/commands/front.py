@@ -1,10 +1,8 @@
-"""`evonorm front DIR`: the Pareto front of a run as a table, best mean accuracy first."""
+"""`evonorm front DIR`: the Pareto front of a run as a table, best mean accuracy first
+(`search.analysis.front`)."""
 from __future__ import annotations
 
-from primitives.util import is_missing
-from search.errors import UsageError
-
-FORMATS = ("table", "csv", "json", "markdown")
+from search.analysis.front import FORMATS
 
 
 def add_arguments(parser):
@@ -12,85 +10,13 @@ def add_arguments(parser):
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
 
 
-def load(run_dir):
-    """The run, or a UsageError naming what is wrong with the directory."""
-    from search.store.reader import RunDirError, load_run
-
-    try:
-        return load_run(run_dir)
-    except RunDirError as err:
-        raise UsageError(str(err)) from None
-
-
-def front_frame(run):
-    """The front with the columns a user reads, sorted by mean proxy accuracy (desc), then id."""
-    front = run.front()
-    accs = run.acc_columns
-    cols = ["id", "formula", *accs, "params_per_channel", "uses_batch_stats", "poly_degree"]
-    out = front[cols].copy()
-    out["mean_acc"] = out[accs].astype("float64").mean(axis=1)
-    out = out.sort_values(["mean_acc", "id"], ascending=[False, True], kind="stable").drop(columns="mean_acc")
-    return out.reset_index(drop=True)
-
-
-def _cell(value, col) -> str:
-    if is_missing(value):
-        return "-"
-    if col.startswith("acc_"):
-        return f"{float(value):.4f}"
-    if col == "uses_batch_stats":
-        return "yes" if value else "no"
-    return str(value)
-
-
-def render(df, fmt: str) -> str:
-    import json
-
-    if fmt == "csv":
-        return df.to_csv(index=False).rstrip("\n")
-    if fmt == "json":
-        rows = []
-        for rec in df.to_dict(orient="records"):
-            rows.append({k: _jsonable(v) for k, v in rec.items()})
-        return json.dumps(rows, indent=2)
-    headers = {"params_per_channel": "params/ch", "uses_batch_stats": "batch stats",
-               "poly_degree": "poly deg"}
-    cols = list(df.columns)
-    if fmt == "table":  # the long formula reads best last
-        cols = [c for c in cols if c != "formula"] + ["formula"]
-    names = [headers.get(c, c) for c in cols]
-    rows = [[_cell(v, c) for c, v in zip(cols, row)] for row in df[cols].itertuples(index=False)]
-    if fmt == "markdown":
-        right = [c != "formula" for c in cols]
-        lines = ["| " + " | ".join(names) + " |",
-                 "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") if c == "formula" else cell
-                                    for c, cell in zip(cols, row)) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if col == "formula" else c.rjust(w)
-                         for c, w, col in zip(cells, widths, cols)).rstrip()
-    return "\n".join([line(names), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _jsonable(v):
-    import math
-
-    if is_missing(v):
-        return None
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def run(args) -> int:
     import sys
 
-    run = load(args.run_dir)
+    from search.analysis.front import front_frame, render
+    from search.store import load_run
+
+    run = load_run(args.run_dir)
     df = front_frame(run)
     if df.empty and args.format == "table":
         print(f"{run.dir}: no accepted candidates yet ({len(run.candidates)} recorded)", file=sys.stderr)

@@ -17,7 +17,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from search.commands.search_cmd import drive
     from search.session import Session
     changes = {name: getattr(args, name) for name in args._settings}
-    return drive(Session.resume(args.run_dir, **changes), args.quiet)
+    return Session.resume(args.run_dir, **changes).run_from_cli(args.quiet)

@@ -11,8 +11,6 @@ come from the settings in `search.config`; the run itself is `search.session`.
 """
 from __future__ import annotations
 
-import sys
-
 
 def add_arguments(parser):
     from search.config import add_flags
@@ -26,18 +24,4 @@ def run(args) -> int:
     from search.session import Session
     overrides = {name: getattr(args, name) for name in args._settings}
     config = build_config(load_toml(args.config) if args.config else {}, overrides)
-    return drive(Session.start(config), args.quiet)
-
-
-def drive(session, quiet: bool) -> int:
-    """Run a session from the command line: the run directory on stdout when it ends at its
-    budget; exit status 130 on Ctrl-C or `kill`, with a word on how to continue."""
-    try:
-        written = session.run(quiet=quiet, stream=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"evonorm: interrupted; {session.dir} keeps what was recorded (evonorm resume {session.dir})",
-              file=sys.stderr)
-        return 130
-    if written:
-        print(session.dir)
-    return 0
+    return Session.start(config).run_from_cli(args.quiet)

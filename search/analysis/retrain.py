@@ -1,0 +1,378 @@
+"""The retrain: the fair, longer comparison of a run's front layers and the baselines.
+
+    from search.analysis.report import report
+    from search.analysis.retrain import plan_retrain, retrain
+
+    plan = plan_retrain("results/example", top=3, workers=2)   # checks everything; trains nothing
+    rows = retrain(plan)            # trains, resuming a stopped retrain; writes plan.output
+    print(report(rows, plan.run.mode))
+
+For each layer (the K best of the front by mean accuracy, skipping members whose
+accuracies equal a better one's to the last digit, then the baselines of the run's mode:
+BN-ReLU, GN-ReLU, EvoNorm-B0, EvoNorm-S0 in batch mode) an Optuna TPE study tunes the
+learning rate on the validation split (mean accuracy over the searched proxies). It
+starts at the search's own rate (enqueued as the first trial), then samples at random
+for TPE's start-up trials (STARTUP_TRIALS) and only after that models the objective:
+the default of 12 trials leaves the start-up with 7 model-guided trials; fewer than the
+start-up earn a warning (`RetrainPlan.warnings`). The layer is then trained with the
+best rate for several seeds on every proxy and scored on the test set.
+
+The held-out proxies (`plainnet`, never searched on by default) are trained too, with
+the rate tuned on the searched proxies (the held-out architecture plays no part in any
+choice), and each row carries its layer's transfer gap: its mean test accuracy on the
+held-out proxies minus its mean over the searched ones. Proxies differ in difficulty, so
+a gap means little alone: a layer transfers as well as BN-ReLU when its gap is no worse
+than BN-ReLU's.
+
+Steps, batch size and the warm-start lr follow the evaluators' one rule
+(`evaluators.evaluate.training_budget`) from the run's own settings: twice the run's
+steps at its batch size, twice the rule's at another; the lr range (0.02-0.5 at batch
+128) and the warm start scale linearly with the batch.
+Rows land in `output` (default DIR/retrain.parquet, written atomically). Every training
+is journaled as it finishes (`search.store.journal`, `RetrainPlan.journal_path` until
+the table is written), so a retrain stopped part-way resumes when planned and run again
+with the same settings. With `workers` > 1 the layers are spread over that many spawned
+processes (one torch thread each); rows still come back in layer order.
+
+Bad input is an `EvonormError` raised by `plan_retrain`, before any training: a run
+directory (RunDirError), a setting or a dataset (ConfigError), an output (UnwritableError).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search.analysis.report import finite_accs
+from search.config import check_training
+from search.errors import ConfigError
+from search.store.files import check_writable_file, write_atomic
+from search.store.journal import Journal, key
+
+# TPE's random start-up: trials sampled at random before it models the objective
+STARTUP_TRIALS = 5
+DEFAULT_TRIALS = 12
+LR_RANGE_AT_128 = (0.02, 0.5)
+
+
+@dataclass
+class RetrainPlan:
+    """What a retrain will do, every setting settled and checked (`plan_retrain`)."""
+
+    run: object                         # the Run (search.store.reader.Run)
+    layers: list[dict]                  # [{name, formula, candidate_id, source}], training order
+    archs: list[str]                    # the proxies the lr is tuned on
+    held_out: list[str]                 # proxies trained at the tuned lr only
+    steps: int
+    batch_size: int
+    lr_range: tuple[float, float]
+    warm_lr: float                      # the study's first trial: the run's lr at this batch size
+    trials: int
+    seeds: int
+    seed: int                           # the run's; test seeds are seed + 1 ... seed + seeds
+    dataset: str
+    device: str
+    workers: int
+    output: Path
+    data: object = field(default=None, repr=False)   # the dataset, loaded on `device`
+
+    @property
+    def journal_path(self) -> Path:
+        return self.output.with_name(self.output.name + ".journal")
+
+    @property
+    def trainings(self) -> int:
+        """How many trainings the retrain runs (journaled ones included)."""
+        return len(self.layers) * (len(self.archs) * (self.trials + self.seeds) + len(self.held_out) * self.seeds)
+
+    def warnings(self) -> list[str]:
+        """What a person should know before hours of training."""
+        if self.trials <= STARTUP_TRIALS:
+            return [f"{self.trials} trial(s) do not leave TPE's {STARTUP_TRIALS} random start-up trials: TPE "
+                    f"never left random sampling (use --trials {DEFAULT_TRIALS})"]
+        return []
+
+    def finished(self) -> int:
+        """Trainings a stopped retrain with these settings left in the journal (some may be
+        another setting's: those are trained afresh)."""
+        return len(Journal(self.journal_path).load().done)
+
+    def job(self) -> dict:
+        """The settings a worker process trains a layer by (`retrain_layer`): plain values."""
+        return {"archs": self.archs, "held_out": self.held_out, "steps": self.steps,
+                "batch_size": self.batch_size, "trials": self.trials, "seeds": self.seeds,
+                "lr_range": self.lr_range, "warm_lr": self.warm_lr, "seed": self.seed, "device": str(self.device),
+                "dataset": self.dataset, "journal": str(self.journal_path)}
+
+
+def plan_retrain(run_or_dir, top: int = 3, seeds: int = 3, trials: int = DEFAULT_TRIALS, steps: int | None = None,
+                 batch_size: int | None = None, lr_range: tuple[float, float] | None = None,
+                 archs: list[str] | None = None, held_out: bool = True, baselines: bool = True,
+                 dataset: str | None = None, data_root: str | None = None, device: str = "auto",
+                 workers: int = 1, output=None) -> RetrainPlan:
+    """The retrain of `run_or_dir` (a Run or its directory), checked and ready: the `top`
+    front layers and (unless `baselines` is false) the baselines of the run's mode, `trials`
+    lr trials and `seeds` test seeds each on `archs` (default: the run's) and, unless
+    `held_out` is false, on the held-out proxies. `steps`, `batch_size`: None follows the
+    run (see the module). `dataset`, `data_root`: default the run's. `output`: default
+    DIR/retrain.parquet. Loads the dataset onto `device`; trains nothing. Raises an
+    EvonormError for bad input (see the module)."""
+    from search.store.reader import Run, load_run
+
+    if workers < 1:
+        raise ConfigError("--workers must be positive")
+    if top < 0:
+        raise ConfigError("--top must be non-negative")
+    for name, value in (("seeds", seeds), ("trials", trials)):
+        if value < 1:
+            raise ConfigError(f"--{name} must be positive")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        check_training(name, value, "--" + name.replace("_", "-"))
+    if lr_range is not None and not 0 < lr_range[0] < lr_range[1]:
+        raise ConfigError("--lr-range needs 0 < LOW < HIGH")
+    run = run_or_dir if isinstance(run_or_dir, Run) else load_run(run_or_dir)
+    budget = _budget(run, steps, batch_size, lr_range)
+    output = Path(output or run.retrain_path)
+    check_writable_file(output)  # before hours of training, not after
+    layers = _layers(run, top, baselines)
+    if not layers:
+        raise ConfigError(f"{run.dir}: nothing to retrain (empty front and --no-baselines)")
+
+    from evaluators.proxies import HELD_OUT, PROXY_NAMES
+
+    archs = list(archs or run.archs)
+    unknown = [a for a in archs if a not in PROXY_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown arch {unknown[0]!r} (expected one of: {', '.join(PROXY_NAMES)})")
+    held = [a for a in HELD_OUT if a not in archs and a not in run.archs] if held_out else []
+    config = run.info.get("config", {}) if isinstance(run.info.get("config"), dict) else {}
+    dataset = dataset or config.get("dataset", "fashion-mnist")
+    plan = RetrainPlan(run=run, layers=layers, archs=archs, held_out=held, trials=trials, seeds=seeds,
+                       seed=int(run.info.get("seed") or 0), dataset=dataset, device=device, workers=workers,
+                       output=output, **budget)
+    plan.device, plan.data = _load(dataset, device, data_root or config.get("data_root"))
+    return plan
+
+
+def _budget(run, steps, batch_size, lr_range) -> dict:
+    """Steps, batch size, lr range and warm-start lr of the retraining, from the arguments and
+    the run's own evaluation settings by the evaluators' rule (its lr was chosen for its batch
+    size: it scales linearly to ours)."""
+    from evaluators.evaluate import scaled_lr, training_budget
+
+    config = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
+    evals = run.info.get("eval_config") if isinstance(run.info.get("eval_config"), dict) else {}
+    recorded = {k: evals.get(k) or config.get(k) or None for k in ("batch_size", "steps", "lr")}
+    ran = training_budget(**{k: None if v is None else (float if k == "lr" else int)(v) for k, v in recorded.items()})
+    batch = batch_size or ran.batch_size
+    # twice the run's steps; at another batch size, twice the rule's (the trainer's default cost)
+    steps = training_budget(batch, steps, scale=2, default=ran if batch == ran.batch_size else None).steps
+    low, high = lr_range or tuple(scaled_lr(batch, lr) for lr in LR_RANGE_AT_128)
+    warm = min(high, max(low, scaled_lr(batch, default=ran)))
+    return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm}
+
+
+def _load(name, device, data_root):
+    """(the device `device` resolves to, the dataset loaded there); a ConfigError for a
+    dataset that cannot be had."""
+    from evaluators.datasets import DatasetError, load_dataset
+    from evaluators.evaluate import resolve_device
+
+    device = resolve_device(device)
+    try:
+        return device, load_dataset(name, device, data_root)
+    except DatasetError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _layers(run, top: int, baselines: bool) -> list[dict]:
+    """[{name, formula, candidate_id, source}]: the top front layers, then the baselines."""
+    from primitives import Graph, parse
+    from primitives.library import REFERENCE_LAYERS, baselines as baselines_of
+
+    layers, seen = [], set()
+    front = run.front()
+    if len(front) and top:
+        front = front.assign(_mean=front[run.acc_columns].mean(axis=1)).sort_values("_mean", ascending=False)
+        scores = set()
+        for _, row in front.iterrows():
+            if len(layers) == top:
+                break
+            # bit-identical accuracies on every proxy: the same training run under another
+            # name (a renamed vector with the same initial value), not worth training twice
+            score = tuple(row[c] for c in run.acc_columns)
+            if score in scores:
+                continue
+            scores.add(score)
+            graph = Graph.from_json(row["graph"])
+            seen.add(graph.hash)
+            layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
+                           "candidate_id": int(row["id"]), "source": "front"})
+    if baselines:
+        for name in baselines_of(run.mode):
+            graph = parse(REFERENCE_LAYERS[name])
+            if graph.hash not in seen:
+                layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})
+    return layers
+
+
+def retrain(plan: RetrainPlan, progress=None) -> list[dict]:
+    """Run `plan`: every layer's lr study and test trainings (replaying those a stopped
+    retrain journaled), in this process or over `plan.workers` processes; then the transfer
+    gaps, the table written to `plan.output` and the journal removed. `progress(text)` is
+    called after every training (`plan.trainings` calls in all). Returns the rows, in layer
+    order. On Ctrl-C (KeyboardInterrupt) the finished trainings stay in the journal."""
+    Journal(plan.journal_path).load()      # mends a line torn by a crash before workers append
+    done = progress or (lambda text: None)
+    job = plan.job()
+    if plan.workers == 1:
+        rows = [row for layer in plan.layers for row in retrain_layer(layer, plan.data, job, done)]
+    else:
+        rows = _in_processes(plan.layers, plan.data, job, plan.workers, done)
+    _add_transfer_gaps(rows, plan.held_out)
+    _write(plan.output, rows)
+    Journal(plan.journal_path).remove()
+    return rows
+
+
+def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
+    """One layer: an Optuna TPE study of the learning rate on the validation split
+    (mean over the searched proxies; the search's rate first), then `seeds` test-set
+    trainings per proxy, held-out ones included, at the best rate. `done(text)` is
+    called after every training."""
+    import optuna
+
+    from evaluators.trainer import TrainConfig, build_and_train
+    from primitives import compile_layer, parse
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    graph = parse(layer["formula"])
+
+    def factory(channels):
+        return compile_layer(graph, channels)
+
+    journal = Journal(job["journal"]).load()
+
+    def train(arch, lr, run_seed, split) -> dict:
+        """{accuracy, reason, note, seconds}: from the journal when an earlier run finished it."""
+        k = key(formula=layer["formula"], arch=arch, lr=lr, seed=run_seed, split=split, steps=job["steps"],
+                batch_size=job["batch_size"], dataset=job["dataset"], device=job["device"])
+        result = journal.get(k)
+        if result is None:
+            start = time.perf_counter()
+            config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
+            trained = build_and_train(arch, factory, dataset, config, job["device"], split=split)
+            result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
+                      "seconds": time.perf_counter() - start}
+            journal.add(k, result)
+        done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
+        return result
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", *job["lr_range"], log=True)
+        accs = [train(arch, lr, job["seed"], "val")["accuracy"] for arch in job["archs"]]
+        return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
+
+    sampler = optuna.samplers.TPESampler(seed=job["seed"], n_startup_trials=STARTUP_TRIALS)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"lr": job["warm_lr"]})
+    study.optimize(objective, n_trials=job["trials"])
+    lr = study.best_params["lr"]
+    rows = []
+    for s in range(job["seeds"]):
+        for arch in [*job["archs"], *job["held_out"]]:
+            result = train(arch, lr, job["seed"] + 1 + s, "test")
+            rows.append({"layer": layer["name"], "source": layer["source"],
+                         "candidate_id": layer["candidate_id"], "formula": layer["formula"],
+                         "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
+                         "lr": lr, "steps": job["steps"], "batch_size": job["batch_size"],
+                         "val_acc_tuned": study.best_value, "test_acc": result["accuracy"],
+                         "reason": result["reason"], "note": result.get("note"), "seconds": result["seconds"]})
+    return rows
+
+
+# -- worker processes: one torch thread each, the dataset loaded once per process
+
+_WORKER = {}
+
+
+def _worker_init(dataset, device, messages):
+    import signal
+
+    import torch
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: it stops the pool
+    torch.set_num_threads(1)
+    _WORKER.update(dataset=dataset.to(device), messages=messages)
+
+
+def _worker_layer(layer, job):
+    return retrain_layer(layer, _WORKER["dataset"], job, _WORKER["messages"].put)
+
+
+def _in_processes(layers, dataset, job, workers, done) -> list[dict]:
+    """Layers spread over `workers` spawned processes; their per-training messages go
+    to `done`. Rows come back in layer order. On Ctrl-C (or any error) the
+    workers are terminated at once: their finished trainings are in the journal, and
+    waiting for the layers still queued would take hours."""
+    import multiprocessing
+    import queue
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        messages = manager.Queue()
+
+        def drain():
+            while True:
+                try:
+                    text = messages.get_nowait()
+                except queue.Empty:
+                    return
+                done(text)
+
+        pool = ctx.Pool(min(workers, len(layers)), initializer=_worker_init,
+                        initargs=(dataset.to("cpu"), job["device"], messages))
+        try:
+            results = [pool.apply_async(_worker_layer, (layer, job)) for layer in layers]
+            for result in results:
+                while not result.ready():
+                    result.wait(0.5)
+                    drain()
+            drain()
+            return [row for result in results for row in result.get()]
+        finally:
+            pool.terminate()
+            pool.join()
+
+
+def _write(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("layer", pa.string()), ("source", pa.string()), ("candidate_id", pa.int64()),
+                        ("formula", pa.string()), ("arch", pa.string()), ("held_out", pa.bool_()),
+                        ("seed", pa.int64()), ("lr", pa.float64()), ("steps", pa.int64()),
+                        ("batch_size", pa.int64()), ("val_acc_tuned", pa.float64()),
+                        ("test_acc", pa.float64()), ("transfer_gap", pa.float64()), ("reason", pa.string()),
+                        ("note", pa.string()), ("seconds", pa.float64())])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_atomic(path, lambda f: pq.write_table(table, f))
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def _add_transfer_gaps(rows, held_out) -> None:
+    """Each row's `transfer_gap`: its layer's mean test accuracy on the held-out proxies
+    minus the mean over the searched proxies of each one's mean (None without held-out
+    proxies or with a failed proxy)."""
+    for name in dict.fromkeys(r["layer"] for r in rows):
+        mine = [r for r in rows if r["layer"] == name]
+        per_arch = {a: _mean(finite_accs(mine, name, a)) for a in dict.fromkeys(r["arch"] for r in mine)}
+        searched = [v for a, v in per_arch.items() if a not in held_out]
+        held = [per_arch.get(a) for a in held_out]
+        gap = None
+        if held and searched and None not in held + searched:
+            gap = sum(held) / len(held) - sum(searched) / len(searched)
+        for r in mine:
+            r["transfer_gap"] = gap

@@ -50,11 +50,14 @@ def bn_relu(c):
     return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
 
 
-def reference_factories() -> dict:
-    """torch's own BN-ReLU and every layer of the reference library (none left out)."""
-    from primitives.library import REFERENCE_LAYERS
+def reference_factories(family: str | None = None) -> dict:
+    """torch's own BN-ReLU and every layer of the reference library (none left out); with
+    `family="cnn"` only the layers made for CNNs (the Transformer layers, DyT, Derf and the
+    identity among them, are not expected to train a CNN without normalization)."""
+    from primitives.library import REFERENCE_LAYERS, TRANSFORMER_LAYERS
 
-    return {"bn-relu(torch)": bn_relu, **{name: formula_factory(f) for name, f in REFERENCE_LAYERS.items()}}
+    keep = [name for name in REFERENCE_LAYERS if family != "cnn" or name not in TRANSFORMER_LAYERS]
+    return {"bn-relu(torch)": bn_relu, **{name: formula_factory(REFERENCE_LAYERS[name]) for name in keep}}
 
 
 def formula_factory(formula: str):

@@ -250,9 +250,9 @@ def _cases(layers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,layer", _cases(reference_factories()))
+@pytest.mark.parametrize("arch,layer", _cases(reference_factories("cnn")))
 def test_default_budget_reaches_80_percent_on_fashion_mnist(arch, layer):
-    # every reference layer on every search proxy: 45 trainings of 15-40 s each, one thread
+    # every CNN reference layer on every CNN search proxy: 45 trainings of 15-40 s each, one thread
     # (measured accuracies: docs/units.md)
     result = default_training(arch, layer)
     assert result.reason is None, result.reason

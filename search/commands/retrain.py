@@ -11,7 +11,8 @@ with 7 model-guided trials; fewer than the start-up earn a warning. The layer
 is then trained with the best rate for several seeds on every proxy and scored
 on the test set.
 
-The held-out proxies (`plainnet`, never searched on by default) are trained
+The held-out proxies of the run's families (`plainnet` for CNN proxies, `postvit` for
+Transformer ones; never searched on by default) are trained
 too, with the rate tuned on the searched proxies (the held-out architecture
 plays no part in any choice), and the table reports each layer's transfer gap:
 its mean test accuracy on the held-out proxies minus its mean over the
@@ -20,6 +21,10 @@ layer transfers as well as BN-ReLU when its gap is no worse than BN-ReLU's.
 
 `--batch-size B` trains at batch B; unless `--lr-range` is given the range
 scales linearly with B (from 0.02-0.5 at batch 128), as does the warm start.
+The tuned rate is SGD's, the CNN proxies'; a proxy whose recipe is AdamW (the Transformer
+proxies) trains at its recipe's rate times the tuned rate over the warm start, so the study
+moves every proxy's rate by one factor. Each proxy trains at its recipe's batch size unless
+the run or `--batch-size` gave one.
 Rows land in DIR/retrain.parquet (written atomically); the table of mean and
 spread and the comparison with BN-ReLU are printed (`search.analysis.report`; `evonorm
 show DIR` prints them again). Every training is journaled as it finishes (`search.store.journal`,
@@ -60,7 +65,8 @@ def add_arguments(parser):
                              "with the batch size)")
     parser.add_argument("--archs", nargs="+", default=None, help="proxies (default: the run's)")
     parser.add_argument("--no-held-out", dest="held_out", action="store_false",
-                        help="do not also train on the held-out proxies (default: plainnet too)")
+                        help="do not also train on the held-out proxies (default: plainnet too for CNN proxies, "
+                             "postvit for transformer ones)")
     parser.add_argument("--dataset", default=None, help="dataset (default: the run's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")
@@ -100,22 +106,22 @@ def run(args) -> int:
     if not layers:
         raise UsageError(f"{args.run_dir}: nothing to retrain (empty front and --no-baselines)")
 
-    from evaluators.datasets import DatasetError, load_dataset
-    from evaluators.evaluate import resolve_device
-    from evaluators.proxies import PROXY_NAMES
-
-    from evaluators.proxies import HELD_OUT
+    from evaluators.datasets import DatasetError
+    from evaluators.evaluate import ProxyData, resolve_device
+    from evaluators.proxies import PROXY_NAMES, held_out_for
 
     unknown = [a for a in archs if a not in PROXY_NAMES]
     if unknown:
         raise UsageError(f"unknown arch {unknown[0]!r} (expected one of: {', '.join(PROXY_NAMES)})")
-    held_out = [a for a in HELD_OUT if a not in archs and a not in run_.archs] if args.held_out else []
+    held_out = [a for a in held_out_for(archs) if a not in run_.archs] if args.held_out else []
     if args.trials <= STARTUP_TRIALS:
         print(f"evonorm: warning: {args.trials} trial(s) do not leave TPE's {STARTUP_TRIALS} random start-up "
               f"trials: TPE never left random sampling (use --trials {DEFAULT_TRIALS})", file=sys.stderr)
     device = resolve_device(args.device)
+    dataset = ProxyData(dataset_name, args.data_root or config.get("data_root"), device)
     try:
-        dataset = load_dataset(dataset_name, device, args.data_root or config.get("data_root"))
+        for arch in [*archs, *held_out]:   # what the proxies train on: the images, the text or both
+            dataset.for_arch(arch)
     except DatasetError as err:
         raise UsageError(str(err)) from None
 
@@ -152,7 +158,10 @@ def _plan(args, run_) -> dict:
     steps = args.steps or 2 * (run_steps if batch == run_batch else recommended_steps(batch))
     low, high = args.lr_range or tuple(scaled_lr(batch, lr) for lr in LR_RANGE_AT_128)
     warm = min(high, max(low, run_lr * batch / run_batch))
-    return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm}
+    # a batch size the run or the flag gave applies to every proxy; else each its recipe's
+    given = args.batch_size or evals.get("batch_size") or config.get("batch_size")
+    return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm,
+            "batch_given": int(given) if given else None}
 
 
 def _layers(run_, top: int, baselines: bool) -> list[dict]:
@@ -193,6 +202,7 @@ def _retrain(layers, archs, held_out, dataset, device, plan, args, seed) -> list
     total = len(layers) * (len(archs) * (args.trials + args.seeds) + len(held_out) * args.seeds)
     bar = tqdm(total=total, desc="retrain", unit="training", file=sys.stderr, dynamic_ncols=True)
     job = {"archs": archs, "held_out": held_out, "steps": plan["steps"], "batch_size": plan["batch_size"],
+           "batch_given": plan.get("batch_given"),
            "trials": args.trials, "seeds": args.seeds, "lr_range": plan["lr_range"],
            "warm_lr": plan["warm_lr"], "seed": seed, "device": str(device), "dataset": plan["dataset"],
            "journal": plan["journal"]}
@@ -214,7 +224,8 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     called after every training."""
     import optuna
 
-    from evaluators.trainer import TrainConfig, build_and_train
+    from evaluators.evaluate import refusal
+    from evaluators.trainer import build_and_train
     from primitives import compile_layer, parse
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,10 +241,14 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
         k = key(formula=layer["formula"], arch=arch, lr=lr, seed=run_seed, split=split, steps=job["steps"],
                 batch_size=job["batch_size"], dataset=job["dataset"], device=job["device"])
         result = journal.get(k)
+        refused = refusal(graph, (arch,))
+        if refused:   # a causal proxy does not train a layer that mixes positions
+            result = {"accuracy": None, "reason": refused, "note": None, "seconds": 0.0}
         if result is None:
             start = time.perf_counter()
-            config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
-            trained = build_and_train(arch, factory, dataset, config, job["device"], split=split)
+            config = _train_config(arch, lr, run_seed, job)
+            data = dataset.for_arch(arch) if hasattr(dataset, "for_arch") else dataset
+            trained = build_and_train(arch, factory, data, config, job["device"], split=split)
             result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
                       "seconds": time.perf_counter() - start}
             journal.add(k, result)
@@ -257,7 +272,8 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
             rows.append({"layer": layer["name"], "source": layer["source"],
                          "candidate_id": layer["candidate_id"], "formula": layer["formula"],
                          "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
-                         "lr": lr, "steps": job["steps"], "batch_size": job["batch_size"],
+                         "lr": lr, "steps": job["steps"],
+                         "batch_size": _train_config(arch, lr, job["seed"], job).batch_size,
                          "val_acc_tuned": study.best_value, "test_acc": result["accuracy"],
                          "reason": result["reason"], "note": result.get("note"), "seconds": result["seconds"]})
     return rows
@@ -266,6 +282,19 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
 # -- worker processes: one torch thread each, the dataset loaded once per process
 
 _WORKER = {}
+
+
+def _train_config(arch: str, lr: float, seed: int, job: dict):
+    """Proxy `arch`'s recipe at the job's steps (and batch size, when given) and rate `lr`: an
+    SGD proxy trains at `lr`, an AdamW one at its recipe's rate times lr / the warm start."""
+    from evaluators.trainer import proxy_config
+
+    batch = job.get("batch_given")
+    config = proxy_config(arch, job["steps"], batch, seed=seed)
+    if config.optimizer == "sgd":
+        return proxy_config(arch, job["steps"], batch if batch else job["batch_size"], lr, seed=seed)
+    config.lr = config.lr * lr / job["warm_lr"]
+    return config
 
 
 def _worker_init(dataset, device, messages):

@@ -165,7 +165,8 @@ def _plan(args, run_) -> dict:
 
 
 def _layers(run_, top: int, baselines: bool) -> list[dict]:
-    """[{name, formula, candidate_id, source}]: the top front layers, then the baselines."""
+    """[{name, formula, candidate_id, source}]: the top front layers, then the baselines (the
+    mode's for CNN proxies, the Transformer references for Transformer proxies)."""
     from primitives import Graph, parse
     from primitives.library import REFERENCE_LAYERS, baselines as baselines_of
 
@@ -188,8 +189,15 @@ def _layers(run_, top: int, baselines: bool) -> list[dict]:
             layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
                            "candidate_id": int(row["id"]), "source": "front"})
     if baselines:
-        for name in baselines_of(run_.mode):
-            graph = parse(REFERENCE_LAYERS[name])
+        from evaluators.proxies import PROXIES, transformer_references
+        families = {PROXIES[a].family for a in run_.archs if a in PROXIES} or {"cnn"}
+        references = {}
+        if "cnn" in families:
+            references.update((name, REFERENCE_LAYERS[name]) for name in baselines_of(run_.mode))
+        if "transformer" in families:   # LayerNorm, RMSNorm, DyT, Derf, none: those the language writes
+            references.update(transformer_references())
+        for name, formula in references.items():
+            graph = parse(formula)
             if graph.hash not in seen:
                 layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})
     return layers

@@ -150,7 +150,12 @@ def main(argv=None):
     tag = json.dumps(overrides, sort_keys=True) + (f" alpha={args.alpha}" if args.alpha != 0.5 else "")
 
     def get(arch, layer, steps, seed):
-        key = f"{arch}|{layer}|{steps}|{seed}|{args.split}|{args.dataset}|{tag}"
+        from evaluators.trainer import proxy_config
+        recipe = proxy_config(arch, **overrides)        # a changed recipe or size is a new training
+        size = (PROXIES[arch].width, PROXIES[arch].depth)
+        key = (f"{arch}|{layer}|{steps}|{seed}|{args.split}|{args.dataset}|{tag}|{size}|{recipe.optimizer}|"
+               f"{recipe.lr:g}|{recipe.batch_size}|{recipe.weight_decay:g}|{recipe.warmup_fraction:g}|"
+               f"{tuple(recipe.betas)}|{recipe.label_smoothing:g}|{recipe.grad_clip}")
         if key not in cache:
             cache[key] = train_one(arch, layer, steps, seed, overrides, data, args.alpha, args.split)
             os.makedirs(os.path.dirname(os.path.abspath(args.cache)), exist_ok=True)

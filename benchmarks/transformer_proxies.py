@@ -108,6 +108,20 @@ def kendall(a, b) -> float:
     return float("nan") if tau is None else float(tau)
 
 
+def separated_pairs(layers, means, errors, longs):
+    """([(better, worse)] whose default-budget means differ by more than two standard errors of
+    the difference, [those the long run orders the same way])."""
+    separated, agree = [], []
+    for i in range(len(layers)):
+        for j in range(len(layers)):
+            gap = means[i] - means[j]
+            if gap > 0 and gap > 2 * (errors[i] ** 2 + errors[j] ** 2) ** 0.5:
+                separated.append((layers[i], layers[j]))
+                if longs[i] > longs[j]:
+                    agree.append((layers[i], layers[j]))
+    return separated, agree
+
+
 def _parse_sets(items) -> dict:
     out = {}
     for item in items or ():
@@ -181,13 +195,14 @@ def main(argv=None):
               f"batch {config.batch_size} wd {config.weight_decay:g} warm-up {config.warmup_fraction:g}"
               f"{' held out' if proxy.held_out else ''})")
         print(f"  {'layer':<12}{'default':>16}{'long':>9}  seconds (one default training)")
-        means, longs = [], []
+        means, longs, errors = [], [], []
         for layer in args.layers:
             runs = [get(arch, layer, args.steps, s) for s in args.seeds]
             accs = [100 * r["accuracy"] if r["accuracy"] is not None else float("nan") for r in runs]
             mean = sum(accs) / len(accs)
             std = (sum((a - mean) ** 2 for a in accs) / max(1, len(accs) - 1)) ** 0.5
             means.append(mean)
+            errors.append(std / len(accs) ** 0.5)
             long_acc = float("nan")
             if long_steps:
                 lr_ = [get(arch, layer, long_steps, s)["accuracy"] for s in args.long_seeds]
@@ -200,6 +215,11 @@ def main(argv=None):
         spread = max(means) - min(means)
         if long_steps:
             print(f"  spread of the means {spread:.2f} points; Kendall tau default vs long: {kendall(means, longs):.2f}")
+            separated, agree = separated_pairs(args.layers, means, errors, longs)
+            print(f"  pairs the default budget separates (gap > 2 standard errors): {len(separated)}, "
+                  f"ordered as the long run orders them: {len(agree)}"
+                  + (f"; inverted: {', '.join(f'{a} > {b}' for a, b in separated if (a, b) not in agree)}"
+                     if len(agree) < len(separated) else ""))
         else:
             print(f"  spread of the means {spread:.2f} points")
 

@@ -308,7 +308,7 @@ def test_search_and_eval_commands_take_the_transformer_proxies(capsys):
 
 # LayerNorm, written in the formula language, at the default budget, one thread, seed 0: at least
 # this (measured with torch's LayerNorm over 3 seeds: README "Transformer proxies")
-LAYERNORM_FLOOR = {"vit": 0.75, "charlm": 0.45, "postvit": 0.75}
+LAYERNORM_FLOOR = {"vit": 0.68, "charlm": 0.50, "postvit": 0.78}
 
 
 @pytest.mark.slow

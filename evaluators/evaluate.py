@@ -86,12 +86,14 @@ def training_budget(batch_size: int | None = None, steps: int | None = None, lr:
 class EvalConfig:
     """Everything that decides a candidate's record (it goes into run.json)."""
 
-    dataset: str = "fashion-mnist"
+    dataset: str = "fashion-mnist"       # the images of the image proxies (charlm reads its own text)
     data_root: str | None = None
     archs: tuple[str, ...] = ("resnet", "mobilenetv2", "efficientnet")
-    # None: training_budget's rule (the trainer's 300 steps of 128 at lr 0.1; at another batch
-    # size the steps at which a training costs the same, and the lr scaled linearly)
+    # None: training_budget's rule (300 steps; at another batch size the steps at which a CNN
+    # training costs the same), one step count for every proxy
     steps: int | None = None
+    # None: each proxy's recipe (evaluators.proxies.Recipe: 128 and 0.1 for the CNNs); given,
+    # they override every proxy's (a batch size without an lr scales each recipe's lr)
     batch_size: int | None = None
     lr: float | None = None
     seed: int = 0
@@ -107,20 +109,24 @@ class EvalConfig:
     def __post_init__(self):
         self.archs = tuple(self.archs)
         derived = self.steps is None
-        if self.batch_size is None or _positive_int(self.batch_size):
-            budget = training_budget(self.batch_size, self.steps, self.lr)
-            self.steps, self.batch_size, self.lr = budget.steps, budget.batch_size, budget.lr
+        if derived and (self.batch_size is None or _positive_int(self.batch_size)):
+            self.steps = training_budget(self.batch_size).steps
         if self.quality_steps is None and _positive_int(self.steps):
             self.quality_steps = max(1, (self.steps if derived else TRAINER_BUDGET.steps) // 5)
         problems = []
         if not self.archs:
             problems.append("archs is empty")
-        for key in ("steps", "batch_size", "quality_steps"):
+        for key in ("steps", "quality_steps"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{key} must be a positive integer, got {value!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            problems.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
         for key in ("lr", "stability_threshold"):
             value = getattr(self, key)
+            if value is None and key == "lr":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 problems.append(f"{key} must be a positive number, got {value!r}")
         if not isinstance(self.quality_threshold, (int, float)) or not 0 <= self.quality_threshold <= 1:
@@ -141,21 +147,22 @@ class EvalConfig:
             raise ValueError(f"unknown evaluation setting(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def train_config(self, steps: int | None = None, seed: int | None = None):
-        """The trainer's config for one proxy training (`seed`: another seed than the run's,
-        for a confirmation)."""
-        return _trainer.TrainConfig(**_train_kwargs(self, steps, seed))
+    def train_config(self, steps: int | None = None, seed: int | None = None, arch: str | None = None):
+        """The trainer's config for one training of proxy `arch` (default archs[0]): its
+        recipe from the proxy registry, under this config's overrides (`seed`: another seed
+        than the run's, for a confirmation)."""
+        return _trainer.proxy_config(arch or self.archs[0], steps or self.steps, self.batch_size, self.lr,
+                                     seed=self.seed if seed is None else seed, compile=self.compile)
+
+    def batch_size_for(self, arch: str) -> int:
+        return self.train_config(arch=arch).batch_size
+
+    def lr_for(self, arch: str) -> float:
+        return self.train_config(arch=arch).lr
 
 
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _train_kwargs(config: EvalConfig, steps: int | None, seed: int | None = None) -> dict:
-    kwargs = dict(steps=steps or config.steps, batch_size=config.batch_size, lr=config.lr,
-                  seed=config.seed if seed is None else seed, compile=config.compile)
-    names = {f.name for f in dataclasses.fields(_trainer.TrainConfig)}
-    return {k: v for k, v in kwargs.items() if k in names}
 
 
 def resolve_device(device: str) -> str:
@@ -165,26 +172,88 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class ProxyData:
+    """The datasets of a worker's proxies, each loaded once, lazily, on the worker's device:
+    the run's images (`dataset`, for the image proxies) and Python's text (for charlm), as
+    each proxy's registry entry says (`evaluators.proxies.Proxy.data`)."""
+
+    def __init__(self, dataset: str = "fashion-mnist", data_root: str | None = None, device="cpu",
+                 loaded: dict | None = None):
+        self.name, self.data_root, self.device = dataset, data_root, device
+        self.loaded = dict(loaded or {})     # "images" | "text" -> dataset
+
+    def get(self, kind: str):
+        if kind not in self.loaded:
+            if kind == "text":
+                from .datasets.text import load_text
+                self.loaded[kind] = load_text(self.device)
+            else:
+                from .datasets import load_dataset
+                self.loaded[kind] = load_dataset(self.name, self.device, self.data_root)
+        return self.loaded[kind]
+
+    def for_arch(self, arch: str):
+        from .proxies import data_of
+        return self.get(data_of(arch))
+
+    def to(self, device) -> "ProxyData":
+        """The loaded datasets moved to `device` (what is not loaded yet loads there)."""
+        return ProxyData(self.name, self.data_root, device, {k: v.to(device) for k, v in self.loaded.items()})
+
+
+def refusal(graph: Graph, archs) -> str | None:
+    """Why `graph` may not train on `archs`, or None: a causal proxy (charlm) refuses a layer
+    that mixes positions (batch, instance, group or layer moments of x: a token would see
+    the ones after it, so next-character accuracy would measure a leak, not a layer)."""
+    from .proxies import causal_archs
+    causal = causal_archs(archs)
+    if causal and graph.mixes_positions:
+        return (f"{causal[0]}: the layer mixes positions (a batch, instance, group or layer moment of x, "
+                f"or a batch-normalising unit), which would let a causal model see the future; "
+                f"only channel moments and pointwise ops keep each token to itself")
+    return None
+
+
 class Evaluator:
-    """Worker side: the dataset lives on this worker's device, loaded once."""
+    """Worker side: the datasets live on this worker's device, each loaded once, when a proxy
+    first needs it (`ProxyData`)."""
 
     def __init__(self, config: EvalConfig | None = None, dataset=None):
-        from .datasets import load_dataset
-
+        """`dataset`: the image dataset already loaded (else loaded when first needed), or a
+        `ProxyData`."""
         self.config = config or EvalConfig()
         self.device = resolve_device(self.config.device)
-        self.dataset = dataset if dataset is not None else load_dataset(
-            self.config.dataset, self.device, self.config.data_root)
+        if isinstance(dataset, ProxyData):
+            self.data = dataset
+        else:
+            self.data = ProxyData(self.config.dataset, self.config.data_root, self.device,
+                                  {} if dataset is None else {_kind(dataset): dataset})
+            if dataset is None:   # load what the proxies need now: a bad dataset shows at start
+                for arch in self.config.archs:
+                    self.data.for_arch(arch)
         self.quality = Quality(self.config.quality_threshold)
+
+    @property
+    def dataset(self):
+        """The image dataset (the run's --dataset)."""
+        return self.data.get("images")
 
     def train_arch(self, graph: Graph, arch: str, steps: int | None = None, progress=None,
                    stop_at: int | None = None, resume: dict | None = None, seed: int | None = None):
-        """One proxy training (a TrainResult); never raises for a bad layer.
+        """One proxy training (a TrainResult); never raises for a bad layer, and never trains a
+        layer that a causal proxy refuses (`refusal`: a failed result says why).
         `progress(step, steps)` is called after every step; `stop_at`/`resume` halt and
         continue it (see `trainer.train_and_score`)."""
+        refused = refusal(graph, (arch,))
+        if refused:
+            return _trainer.TrainResult(accuracy=None, final_loss=None, steps_done=0, seconds=0.0,
+                                        compile_seconds=0.0, images_per_second=0.0,
+                                        reason=refused.split(": ", 1)[1])
+
         def factory(channels):
             return compile_layer(graph, channels)
-        return _trainer.build_and_train(arch, factory, self.dataset, self.config.train_config(steps, seed),
+        return _trainer.build_and_train(arch, factory, self.data.for_arch(arch),
+                                        self.config.train_config(steps, seed, arch),
                                         self.device, progress=progress, stop_at=stop_at, resume=resume)
 
     def train(self, task, stop_on_low_quality: bool = True, progress=None) -> dict:
@@ -210,6 +279,10 @@ class Evaluator:
             graph = to_graph(graph_json)
         except Exception as err:
             record.update(status="failed", reason=f"graph does not load: {err}")
+            return finish()
+        refused = refusal(graph, archs)
+        if refused:   # before any training: a causal proxy must not train it at all
+            record.update(status="failed", reason=refused)
             return finish()
         states = _load_states(state, self.device) if state else {}
         first = None
@@ -263,6 +336,10 @@ class Evaluator:
             return self.train_arch(graph, arch, None, progress, until, resume, seed)
         except Exception as err:  # the trainer promises not to raise; be safe anyway
             return _Failed(f"training raised {type(err).__name__}: {err}")
+
+
+def _kind(dataset) -> str:
+    return "text" if hasattr(dataset, "vocab") else "images"
 
 
 def _task(task, steps: int) -> tuple[str, int, bytes | None, int | None]:

@@ -1,12 +1,14 @@
 """A fixed-step, seeded trainer for proxy networks.
 
-SGD with (Nesterov) momentum, a linear warm-up then cosine decay to zero, weight
-decay on conv/linear weights only (not on the layers' per-channel vectors),
-optional label smoothing, mixed precision (see below).
-Batches come from `ImageDataset.train_batches` (seeded epoch
+SGD with (Nesterov) momentum or AdamW (`TrainConfig.optimizer`; each proxy's recipe in
+evaluators/proxies says which), a linear warm-up then cosine decay to zero, weight
+decay on matrices only (conv/linear weights, embeddings; not on the layers' per-channel
+vectors, biases or scalars), optional label smoothing, mixed precision (see below).
+Batches come from the dataset's `train_batches` (`ImageDataset`: seeded epoch
 permutations, augmented on the device from the second epoch on, see
-`AUGMENT_FROM_EPOCH`). Evaluation is one pass over the
-validation (or test) split in eval mode.
+`AUGMENT_FROM_EPOCH`; `TextDataset`: seeded windows of text). Evaluation is one pass over the
+validation (or test) split in eval mode. A sequence model returns logits (N, V, T) for
+targets (N, T): the loss, the accuracy and the non-finite tolerance count tokens.
 
 The measurements behind the defaults below (budget, warm-up, augmentation,
 compiling) are in benchmarks/MEASUREMENTS.md.
@@ -65,7 +67,7 @@ from primitives.codegen import unit_parameters
 from primitives.ops import OPS
 from primitives.util import one_line
 
-from .proxies import build_proxy
+from .proxies import build_for
 
 # On CPU, compile only when at least this many training images go through the
 # network: below it a candidate's compile costs more than its eager training, and
@@ -86,6 +88,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 AUGMENT_FROM_EPOCH = {"auto": 1, True: 0, False: None}
 
 _PLAIN_NORM_ACT = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Sequential)
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -93,9 +96,11 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 128
     lr: float = 0.1
+    optimizer: str = "sgd"               # "sgd" (momentum, nesterov) | "adamw" (betas)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
     warmup_fraction: float = 0.15        # linear warm-up over this share of steps, then cosine to 0
     label_smoothing: float = 0.0
     seed: int = 0
@@ -118,6 +123,11 @@ class TrainConfig:
                 problems.append(f"{key} must be a positive integer, got {v!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             problems.append(f"lr must be positive, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
+            problems.append(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0 <= self.warmup_fraction < 1:
             problems.append(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction!r}")
         if not 0 <= self.label_smoothing < 1:
@@ -209,7 +219,9 @@ def should_compile(model: nn.Module, config: TrainConfig, device) -> bool:
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """SGD groups: weight decay on conv/linear weights only; the coefficients of the
+    """Optimiser groups: weight decay on matrices only (conv/linear weights, embeddings: every
+    parameter of more than one dimension), none on vectors (biases, the layers' per-channel
+    vectors) or scalars; the coefficients of the
     layers' polynomial and rational units on their own, at `config.poly_lr` and
     `config.rational_lr` times the learning rate, without weight decay (decay pulls a
     unit towards zero, not towards the activation it starts as). A unit's curvature
@@ -247,6 +259,15 @@ def _channels_of_owner(model: nn.Module, name: str) -> int | None:
     return getattr(owner, "channels", None)
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """`config.optimizer` over `param_groups(model, config)`: SGD with momentum, or AdamW with
+    decoupled weight decay (Loshchilov & Hutter 2019), the decay again only in the matrices' group."""
+    groups = param_groups(model, config)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
 def _compile(model: nn.Module):
     return torch.compile(model, dynamic=False, fullgraph=False)
 
@@ -262,11 +283,12 @@ NONFINITE_ROWS_TOLERATED = 0.01
 def evaluate_accuracy(model: nn.Module, dataset, split: str = "val", batch_size: int = 1000,
                       amp_dtype=None) -> tuple[float | None, str | None, int]:
     """(accuracy, reason, rows whose output was not finite): accuracy None with a reason when
-    more than NONFINITE_ROWS_TOLERATED of the rows were not finite; fewer count as wrong."""
+    more than NONFINITE_ROWS_TOLERATED of the rows were not finite; fewer count as wrong. A row
+    is a target: an image, or a token of a sequence model (logits (N, V, T), targets (N, T))."""
     was_training = model.training
     model.eval()
     correct = total = bad = 0
-    limit = NONFINITE_ROWS_TOLERATED * len(dataset.split(split)[1])
+    limit = NONFINITE_ROWS_TOLERATED * dataset.split(split)[1].numel()
     try:
         for x, y in dataset.eval_batches(split, batch_size):
             with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -276,7 +298,7 @@ def evaluate_accuracy(model: nn.Module, dataset, split: str = "val", batch_size:
             if bad > limit:
                 return None, f"non-finite output in evaluation on {split} (more than {limit:.0f} rows)", bad
             correct += int(((out.argmax(1) == y) & finite).sum())
-            total += len(y)
+            total += y.numel()
     finally:
         model.train(was_training)
     if total == 0:
@@ -365,8 +387,7 @@ def _train(run: _Run, model, dataset, config, device, split, progress, stop_at, 
     model = model.to(device).train()
     amp_dtype = config.amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    opt = torch.optim.SGD(param_groups(model, config), lr=config.lr, momentum=config.momentum,
-                          nesterov=config.nesterov)
+    opt = make_optimizer(model, config)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     batches = dataset.train_batches(config.batch_size, gen, AUGMENT_FROM_EPOCH[config.augment])
     end = config.steps if stop_at is None else min(stop_at, config.steps)
@@ -484,13 +505,27 @@ def _load_state(state, model, opt, scaler, batches) -> tuple[int, list[float]]:
     return int(state["step"]), list(state["losses"])
 
 
+def proxy_config(arch: str, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                 **overrides) -> TrainConfig:
+    """The TrainConfig of proxy `arch`'s recipe (evaluators.proxies.Recipe) for `steps` (None:
+    the trainer's default); `batch_size` and `lr`, when given, override it (a batch size
+    without an lr scales the recipe's lr); `overrides` are further TrainConfig fields."""
+    from .proxies import get_proxy
+    settings = get_proxy(arch).recipe.train_settings(batch_size, lr)
+    if steps is not None:
+        settings["steps"] = steps
+    return TrainConfig(**{**settings, **overrides})
+
+
 def build_and_train(arch: str, layer_factory, dataset, config: TrainConfig | None = None, device="cpu",
                     split: str = "val", progress=None, width: int | None = None,
                     depth: int | None = None, stop_at: int | None = None,
                     resume: dict | None = None) -> TrainResult:
     """Seed, build proxy `arch` around `layer_factory` (on CPU, so the initial weights do
-    not depend on the device), train and score it. Never raises for a bad layer; an
-    unknown arch is still a `ProxyError`."""
+    not depend on the device), train and score it on `dataset` (the data the proxy trains on:
+    images, or the text for charlm). `config` is used as given: a proxy's own recipe is
+    `proxy_config(arch, ...)`. Never raises for a bad layer; an unknown arch is still a
+    `ProxyError`."""
     from .proxies import PROXY_NAMES, ProxyError
     config = config or TrainConfig()
     if arch not in PROXY_NAMES:
@@ -499,8 +534,7 @@ def build_and_train(arch: str, layer_factory, dataset, config: TrainConfig | Non
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = build_proxy(arch, layer_factory, dataset.in_channels, dataset.num_classes,
-                                dataset.image_size, width=width, depth=depth)
+            model = build_for(arch, layer_factory, dataset, width=width, depth=depth)
     except Exception as err:
         return TrainResult(accuracy=None, final_loss=None, steps_done=0,
                            seconds=time.perf_counter() - start, compile_seconds=0.0,

@@ -19,14 +19,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from evaluators.proxies import PROXY_NAMES, SEARCH_PROXIES
+from evaluators.proxies import PROXIES, PROXY_NAMES, SEARCH_PROXIES
 
 from search.errors import ConfigError
 from search.engine.modes import MODES
 
 DATASETS = ("fashion-mnist", "cifar10", "synthetic")
-ARCHS = SEARCH_PROXIES        # the default; any of PROXY_NAMES (the held-out plainnet too) may be chosen
+ARCHS = SEARCH_PROXIES        # the default; any of PROXY_NAMES (the transformer and held-out ones too) may be chosen
 EXECUTORS = ("local", "ray")
+# each proxy's recipe batch size, for the help text: "128 for resnet mobilenetv2 ..., 64 for vit ..."
+_RECIPE_BATCHES = ", ".join(
+    f"{b} for {' '.join(n for n, p in PROXIES.items() if p.recipe.batch_size == b)}"
+    for b in dict.fromkeys(p.recipe.batch_size for p in PROXIES.values()))
 EVALUATORS = ("train", "surrogate")
 
 
@@ -76,12 +80,14 @@ class Training:
 # The training settings of search, resume, eval and retrain. What a value left out means
 # (steps and lr follow the batch size) is the evaluators' one rule, training_budget.
 TRAINING = {
-    "steps": Training(int, "training steps per proxy",
-                      "default 300 at batch 128; at another --batch-size the count at which a candidate "
-                      "costs the same, e.g. 2300 at 8", least=1),
-    "batch_size": Training(int, "training batch size", "default 128", least=1),
-    "lr": Training(float, "learning rate", "default 0.1 at batch 128, scaled linearly with --batch-size",
-                   positive=True),
+    "steps": Training(int, "training steps per proxy, the same for every proxy",
+                      "default 300; at another --batch-size the count at which a CNN candidate costs the "
+                      "same, e.g. 2300 at 8", least=1),
+    "batch_size": Training(int, "training batch size of EVERY proxy",
+                           "default: each proxy's recipe: " + _RECIPE_BATCHES, least=1),
+    "lr": Training(float, "learning rate of EVERY proxy, whatever its optimiser",
+                   "default: each proxy's recipe: SGD 0.1 for the CNNs, AdamW for the transformers; "
+                   "scaled with --batch-size", positive=True),
     "device": Training(str, "auto (cuda if available), cpu, cuda, cuda:1 ...", flag_default="auto"),
 }
 
@@ -142,7 +148,7 @@ class SearchConfig:
     dataset: str = setting("fashion-mnist", "fashion-mnist (default), cifar10 or synthetic", choices=DATASETS)
     data_root: str | None = setting(None, "where the dataset files are",
                                     resume="where the dataset files are on this machine")
-    # None: the evaluators' rule (evaluators.evaluate.training_budget); see eval_config
+    # None: each proxy's recipe, the steps by the evaluators' rule (evaluators.evaluate.training_budget)
     steps: int | None = training("steps")
     batch_size: int | None = training("batch_size")
     lr: float | None = training("lr")
@@ -161,8 +167,9 @@ class SearchConfig:
     flush_every: int = setting(20, "records per part file at most (default 20)", least=1)
     flush_seconds: float = setting(30.0, "write a part file at least this often (default 30)")
     archs: tuple[str, ...] = setting(
-        ARCHS, "proxy architectures (default resnet mobilenetv2 efficientnet; plainnet, the held-out one, "
-               "may be chosen too)", check=_known_archs, metavar="ARCH")
+        ARCHS, "proxy architectures (default resnet mobilenetv2 efficientnet; the transformer proxies vit "
+               "charlm; plainnet and postvit, the held-out ones, may be chosen too)", check=_known_archs,
+        metavar="ARCH")
     seed_formulas: tuple[str, ...] = setting(
         (), "a known layer for the first population (repeatable)", flags=("--seed-formula",),
         action="append", nargs=None, metavar="F")

@@ -68,18 +68,21 @@ def formula_factory(formula: str):
 
 
 def default_training(arch: str, layer: str, amp: str = "off"):
-    """The default-budget training of one reference layer (or a formula) on one proxy on real Fashion-MNIST,
-    on one thread, once per test process: the 80% test, the two-points test and the bf16 test
-    share them. CI runs the slow tests in two processes grouped by proxy (xdist_group), so
-    each training happens once and the two cores stay busy."""
+    """The default-budget training of one reference layer (or a formula) on one proxy with its
+    recipe, on real Fashion-MNIST (charlm: Python's help texts), on one thread, once per test
+    process: the 80% test, the two-points test, the bf16 test and the transformer proxies'
+    test share them. CI runs the slow tests in two processes grouped by proxy (xdist_group),
+    so each training happens once and the two cores stay busy."""
     from evaluators.datasets import SYSTEM_FASHION_MNIST, load_dataset
-    from evaluators.trainer import TrainConfig, build_and_train
+    from evaluators.datasets.text import load_text
+    from evaluators.proxies import data_of
+    from evaluators.trainer import build_and_train, proxy_config
 
     assert (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), \
         "apt-get install dataset-fashion-mnist (.ci/setup does)"
     if (arch, layer, amp) not in _TRAINED:
-        ds = load_dataset("fashion-mnist", download=False)
+        ds = load_text() if data_of(arch) == "text" else load_dataset("fashion-mnist", download=False)
         factory = reference_factories().get(layer) or formula_factory(layer)
         _TRAINED[arch, layer, amp] = build_and_train(arch, factory, ds,
-                                                     TrainConfig(amp=amp, threads=1), "cpu")
+                                                     proxy_config(arch, amp=amp, threads=1), "cpu")
     return _TRAINED[arch, layer, amp]

@@ -8,10 +8,17 @@ from evaluators.evaluate import EvalConfig, recommended_steps, scaled_lr
 from search.config import build_config
 
 
+def _resnet(config):
+    """What a CNN proxy trains with under `config` (unset batch size and lr: its recipe)."""
+    return config.train_config(arch="resnet")
+
+
 def test_lr_scales_linearly_with_the_batch_unless_given():
-    assert EvalConfig().lr == 0.1 and EvalConfig().batch_size == 128
-    assert EvalConfig(batch_size=8).lr == pytest.approx(0.00625) == scaled_lr(8)
-    assert EvalConfig(batch_size=8, lr=0.05).lr == 0.05
+    assert EvalConfig().lr is None and EvalConfig().batch_size is None   # each proxy's recipe
+    assert _resnet(EvalConfig()).lr == 0.1 and _resnet(EvalConfig()).batch_size == 128
+    assert _resnet(EvalConfig(batch_size=8)).lr == pytest.approx(0.00625) == scaled_lr(8)
+    assert _resnet(EvalConfig(batch_size=8)).lr == scaled_lr(8)           # bit for bit
+    assert _resnet(EvalConfig(batch_size=8, lr=0.05)).lr == 0.05
     with pytest.raises(ValueError):
         EvalConfig(batch_size=0)
 
@@ -27,11 +34,11 @@ def test_recommended_steps_cost_what_the_default_does():
 def test_search_config_derives_steps_quality_and_lr_from_the_batch():
     config = build_config(overrides={"batch_size": 8}).eval_config()
     assert (config.batch_size, config.steps, config.quality_steps) == (8, 2300, 460)
-    assert config.lr == pytest.approx(0.00625)
+    assert _resnet(config).lr == pytest.approx(0.00625)
     given = build_config(overrides={"batch_size": 8, "steps": 100, "lr": 0.02}).eval_config()
     assert (given.steps, given.lr, given.quality_steps) == (100, 0.02, 60)   # protocol 5 as searches always judged
     default = build_config().eval_config()
-    assert (default.steps, default.batch_size, default.lr) == (300, 128, 0.1)
+    assert (default.steps, _resnet(default).batch_size, _resnet(default).lr) == (300, 128, 0.1)
 
 
 def test_eval_command_trains_at_the_batch_size(capsys):

@@ -30,7 +30,9 @@ def test_config_round_trips_through_a_dict_and_json():
 def test_config_defaults_follow_the_trainer():
     from evaluators.trainer import TrainConfig
     config, train = EvalConfig(), TrainConfig()
-    assert (config.steps, config.batch_size, config.lr) == (train.steps, train.batch_size, train.lr)
+    # a CNN proxy's recipe is the trainer's defaults: every field of its training config
+    assert config.train_config(arch="resnet") == TrainConfig(compile=config.compile)
+    assert (config.steps, config.batch_size, config.lr) == (train.steps, None, None)
     assert config.archs == ("resnet", "mobilenetv2", "efficientnet")
     assert 1 <= config.quality_steps <= config.steps
     assert config.train_config().seed == config.seed

@@ -1,11 +1,14 @@
-"""Proxy architectures: shapes for 16/28/32 inputs, the layer at every norm-act position."""
+"""Proxy architectures: shapes for 16/28/32 inputs, the layer at every norm-act position (the
+CNN proxies here; the Transformer proxies in test_transformer_proxies.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from evaluators.proxies import PROXY_NAMES, ProxyError, build_proxy, norm_positions
+from evaluators.proxies import PROXIES, ProxyError, build_proxy, norm_positions
+
+CNN_NAMES = tuple(n for n, p in PROXIES.items() if p.family == "cnn")
 
 
 class Marker(nn.Module):
@@ -32,7 +35,7 @@ class Counter:
         return Marker(channels)
 
 
-@pytest.mark.parametrize("name", PROXY_NAMES)
+@pytest.mark.parametrize("name", CNN_NAMES)
 @pytest.mark.parametrize("in_channels,size", [(1, 28), (3, 32), (1, 16), (3, 16)])
 def test_builds_and_runs(name, in_channels, size):
     factory = Counter()
@@ -50,7 +53,7 @@ def test_builds_and_runs(name, in_channels, size):
     assert not any(isinstance(m, (nn.ReLU, nn.ReLU6, nn.GroupNorm, nn.LayerNorm)) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", PROXY_NAMES)
+@pytest.mark.parametrize("name", CNN_NAMES)
 def test_width_and_depth(name):
     small = build_proxy(name, Counter(), 1, 10, 28, width=8, depth=1)
     deep = Counter()
@@ -91,6 +94,6 @@ def test_with_generated_layers():
     from primitives.library import REFERENCE_LAYERS
     for formula in (REFERENCE_LAYERS["evonorm-b0"], REFERENCE_LAYERS["evonorm-s0"]):
         graph = primitives.parse(formula)
-        for name in PROXY_NAMES:
+        for name in CNN_NAMES:
             model = build_proxy(name, lambda c: primitives.compile_layer(graph, c), 1, 10, 28)
             assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)

@@ -474,3 +474,37 @@ def test_plan_retrain_refuses_bad_input_before_any_training(run_dir, kwargs, err
     with pytest.raises(search.errors.RunDirError):
         plan_retrain(run_dir / "missing")
     assert sorted(p.name for p in run_dir.iterdir()) == ["candidates", "front.parquet", "run.json"]
+
+
+def test_a_transformer_run_retrains_with_its_recipes_references_and_held_out_postvit(tmp_path, capsys, monkeypatch):
+    """A run on vit and charlm: the baselines are the Transformer references the language writes,
+    the held-out proxy is postvit (not plainnet), each proxy trains its AdamW recipe at its rate
+    times the tuned factor (the warm start trains the recipe's rate), and a layer that mixes
+    positions is not trained on charlm."""
+    import evaluators.trainer
+    from evaluators.proxies import PROXIES, transformer_references
+    path = tmp_path / "run"
+    archs = ["vit", "charlm"]
+    info = {"config": {"dataset": "synthetic", "archs": archs, "steps": 10}, "seed": 0, "archs": archs,
+            "objectives": [{"column": f"acc_{a}", "goal": "max"} for a in archs]}
+    with RunStore.create(path, info) as store:
+        for i, formula in enumerate(["x * sigmoid(x) / channel_rms(x) * gamma", "x / layer_std(x) * gamma"]):
+            g = parse(formula)
+            store.append({"id": i, "formula": str(g), "graph": g.to_json(), "graph_hash": g.hash, "status": "ok",
+                          "acc_vit": 0.9 - i / 10, "acc_charlm": 0.5 + i / 10,
+                          "params_per_channel": g.params_per_channel, "uses_batch_stats": g.uses_batch_stats,
+                          "poly_degree": g.poly_degree, "seconds": 1.0, "worker": "w",
+                          "created_at": datetime.now(timezone.utc)})
+    calls = []
+    monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls))
+    assert main(["retrain", str(path), "--top", "2", "--seeds", "1", "--trials", "1", "--steps", "2"]) == 0
+    table = pq.read_table(path / "retrain.parquet").to_pandas()
+    assert list(dict.fromkeys(table["layer"])) == ["#0", "#1", *transformer_references()]
+    assert set(table.loc[table["held_out"], "arch"]) == {"postvit"}
+    for arch in ("vit", "charlm", "postvit"):   # one trial: the warm start, i.e. each recipe's rate
+        recipe = PROXIES[arch].recipe
+        assert {(c["lr"], c["batch_size"]) for c in calls if c["arch"] == arch} == {(recipe.lr, recipe.batch_size)}
+    mixing = table[(table["layer"] == "#1") & (table["arch"] == "charlm")]
+    assert mixing["test_acc"].isna().all() and mixing["reason"].str.contains("mixes positions").all()
+    assert not any(c["arch"] == "charlm" and c["lr"] is None for c in calls)
+    assert len([c for c in calls if c["arch"] == "charlm"]) == 2 * (1 + len(transformer_references()))

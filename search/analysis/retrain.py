@@ -17,7 +17,8 @@ the default of 12 trials leaves the start-up with 7 model-guided trials; fewer t
 start-up earn a warning (`RetrainPlan.warnings`). The layer is then trained with the
 best rate for several seeds on every proxy and scored on the test set.
 
-The held-out proxies (`plainnet`, never searched on by default) are trained too, with
+The held-out proxies of the run's families (`plainnet` for CNN proxies, `postvit` for
+Transformer ones; never searched on by default) are trained too, with
 the rate tuned on the searched proxies (the held-out architecture plays no part in any
 choice), and each row carries its layer's transfer gap: its mean test accuracy on the
 held-out proxies minus its mean over the searched ones. Proxies differ in difficulty, so
@@ -27,7 +28,12 @@ than BN-ReLU's.
 Steps, batch size and the warm-start lr follow the evaluators' one rule
 (`evaluators.evaluate.training_budget`) from the run's own settings: twice the run's
 steps at its batch size, twice the rule's at another; the lr range (0.02-0.5 at batch
-128) and the warm start scale linearly with the batch.
+128) and the warm start scale linearly with the batch. The tuned rate is SGD's, the CNN
+proxies'; a proxy whose recipe is AdamW (the Transformer proxies) trains at its recipe's
+rate times the tuned rate over the warm start, so the study moves every proxy's rate by
+one factor. Each proxy trains at its recipe's batch size unless the run or `batch_size`
+gave one. A causal proxy (charlm) does not train a layer that mixes positions: its rows
+are failed trainings with the refusal as their reason.
 Rows land in `output` (default DIR/retrain.parquet, written atomically). Every training
 is journaled as it finishes (`search.store.journal`, `RetrainPlan.journal_path` until
 the table is written), so a retrain stopped part-way resumes when planned and run again
@@ -67,6 +73,7 @@ class RetrainPlan:
     batch_size: int
     lr_range: tuple[float, float]
     warm_lr: float                      # the study's first trial: the run's lr at this batch size
+    batch_given: int | None             # the batch size every proxy trains at (None: each its recipe's)
     trials: int
     seeds: int
     seed: int                           # the run's; test seeds are seed + 1 ... seed + seeds
@@ -100,7 +107,7 @@ class RetrainPlan:
     def job(self) -> dict:
         """The settings a worker process trains a layer by (`retrain_layer`): plain values."""
         return {"archs": self.archs, "held_out": self.held_out, "steps": self.steps,
-                "batch_size": self.batch_size, "trials": self.trials, "seeds": self.seeds,
+                "batch_size": self.batch_size, "batch_given": self.batch_given, "trials": self.trials, "seeds": self.seeds,
                 "lr_range": self.lr_range, "warm_lr": self.warm_lr, "seed": self.seed, "device": str(self.device),
                 "dataset": self.dataset, "journal": str(self.journal_path)}
 
@@ -138,19 +145,19 @@ def plan_retrain(run_or_dir, top: int = 3, seeds: int = 3, trials: int = DEFAULT
     if not layers:
         raise ConfigError(f"{run.dir}: nothing to retrain (empty front and --no-baselines)")
 
-    from evaluators.proxies import HELD_OUT, PROXY_NAMES
+    from evaluators.proxies import PROXY_NAMES, held_out_for
 
     archs = list(archs or run.archs)
     unknown = [a for a in archs if a not in PROXY_NAMES]
     if unknown:
         raise ConfigError(f"unknown arch {unknown[0]!r} (expected one of: {', '.join(PROXY_NAMES)})")
-    held = [a for a in HELD_OUT if a not in archs and a not in run.archs] if held_out else []
+    held = [a for a in held_out_for(archs) if a not in run.archs] if held_out else []
     config = run.info.get("config", {}) if isinstance(run.info.get("config"), dict) else {}
     dataset = dataset or config.get("dataset", "fashion-mnist")
     plan = RetrainPlan(run=run, layers=layers, archs=archs, held_out=held, trials=trials, seeds=seeds,
                        seed=int(run.info.get("seed") or 0), dataset=dataset, device=device, workers=workers,
                        output=output, **budget)
-    plan.device, plan.data = _load(dataset, device, data_root or config.get("data_root"))
+    plan.device, plan.data = _load(dataset, device, data_root or config.get("data_root"), [*archs, *held])
     return plan
 
 
@@ -169,24 +176,31 @@ def _budget(run, steps, batch_size, lr_range) -> dict:
     steps = training_budget(batch, steps, scale=2, default=ran if batch == ran.batch_size else None).steps
     low, high = lr_range or tuple(scaled_lr(batch, lr) for lr in LR_RANGE_AT_128)
     warm = min(high, max(low, scaled_lr(batch, default=ran)))
-    return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm}
+    # a batch size the run or the caller gave applies to every proxy; else each its recipe's
+    given = batch_size or recorded["batch_size"]
+    return {"steps": steps, "batch_size": batch, "lr_range": (low, high), "warm_lr": warm,
+            "batch_given": int(given) if given else None}
 
 
-def _load(name, device, data_root):
-    """(the device `device` resolves to, the dataset loaded there); a ConfigError for a
-    dataset that cannot be had."""
-    from evaluators.datasets import DatasetError, load_dataset
-    from evaluators.evaluate import resolve_device
+def _load(name, device, data_root, archs):
+    """(the device `device` resolves to, what `archs` train on loaded there: the images, the
+    text or both); a ConfigError for a dataset that cannot be had."""
+    from evaluators.datasets import DatasetError
+    from evaluators.evaluate import ProxyData, resolve_device
 
     device = resolve_device(device)
+    data = ProxyData(name, data_root, device)
     try:
-        return device, load_dataset(name, device, data_root)
+        for arch in archs:
+            data.for_arch(arch)
     except DatasetError as err:
         raise ConfigError(str(err)) from None
+    return device, data
 
 
 def _layers(run, top: int, baselines: bool) -> list[dict]:
-    """[{name, formula, candidate_id, source}]: the top front layers, then the baselines."""
+    """[{name, formula, candidate_id, source}]: the top front layers, then the baselines (the
+    mode's for CNN proxies, the Transformer references for Transformer proxies)."""
     from primitives import Graph, parse
     from primitives.library import REFERENCE_LAYERS, baselines as baselines_of
 
@@ -209,8 +223,15 @@ def _layers(run, top: int, baselines: bool) -> list[dict]:
             layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
                            "candidate_id": int(row["id"]), "source": "front"})
     if baselines:
-        for name in baselines_of(run.mode):
-            graph = parse(REFERENCE_LAYERS[name])
+        from evaluators.proxies import PROXIES, transformer_references
+        families = {PROXIES[a].family for a in run.archs if a in PROXIES} or {"cnn"}
+        references = {}
+        if "cnn" in families:
+            references.update((name, REFERENCE_LAYERS[name]) for name in baselines_of(run.mode))
+        if "transformer" in families:   # LayerNorm, RMSNorm, DyT, Derf and none
+            references.update(transformer_references())
+        for name, formula in references.items():
+            graph = parse(formula)
             if graph.hash not in seen:
                 layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})
     return layers
@@ -242,7 +263,8 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
     called after every training."""
     import optuna
 
-    from evaluators.trainer import TrainConfig, build_and_train
+    from evaluators.evaluate import refusal
+    from evaluators.trainer import build_and_train
     from primitives import compile_layer, parse
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -258,10 +280,14 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
         k = key(formula=layer["formula"], arch=arch, lr=lr, seed=run_seed, split=split, steps=job["steps"],
                 batch_size=job["batch_size"], dataset=job["dataset"], device=job["device"])
         result = journal.get(k)
+        refused = refusal(graph, (arch,))
+        if refused:   # a causal proxy does not train a layer that mixes positions
+            result = {"accuracy": None, "reason": refused, "note": None, "seconds": 0.0}
         if result is None:
             start = time.perf_counter()
-            config = TrainConfig(steps=job["steps"], batch_size=job["batch_size"], lr=lr, seed=run_seed)
-            trained = build_and_train(arch, factory, dataset, config, job["device"], split=split)
+            config = _train_config(arch, lr, run_seed, job)
+            data = dataset.for_arch(arch) if hasattr(dataset, "for_arch") else dataset
+            trained = build_and_train(arch, factory, data, config, job["device"], split=split)
             result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
                       "seconds": time.perf_counter() - start}
             journal.add(k, result)
@@ -285,10 +311,24 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
             rows.append({"layer": layer["name"], "source": layer["source"],
                          "candidate_id": layer["candidate_id"], "formula": layer["formula"],
                          "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
-                         "lr": lr, "steps": job["steps"], "batch_size": job["batch_size"],
+                         "lr": lr, "steps": job["steps"],
+                         "batch_size": _train_config(arch, lr, job["seed"], job).batch_size,
                          "val_acc_tuned": study.best_value, "test_acc": result["accuracy"],
                          "reason": result["reason"], "note": result.get("note"), "seconds": result["seconds"]})
     return rows
+
+
+def _train_config(arch: str, lr: float, seed: int, job: dict):
+    """Proxy `arch`'s recipe at the job's steps (and batch size, when given) and rate `lr`: an
+    SGD proxy trains at `lr`, an AdamW one at its recipe's rate times lr / the warm start."""
+    from evaluators.trainer import proxy_config
+
+    batch = job.get("batch_given")
+    config = proxy_config(arch, job["steps"], batch, seed=seed)
+    if config.optimizer == "sgd":
+        return proxy_config(arch, job["steps"], batch if batch else job["batch_size"], lr, seed=seed)
+    config.lr = config.lr * lr / job["warm_lr"]
+    return config
 
 
 # -- worker processes: one torch thread each, the dataset loaded once per process

@@ -1,7 +1,8 @@
 """`evonorm eval FORMULA`: train one layer next to the baselines and print how it scores.
 
-The layer and BN-ReLU, GN-ReLU, EvoNorm-B0 and EvoNorm-S0 train on every
-chosen proxy with the same seed and budget. The table gives validation
+The layer and BN-ReLU, GN-ReLU, EvoNorm-B0 and EvoNorm-S0 (on Transformer proxies:
+LayerNorm, RMSNorm, DyT, Derf and no normalisation, those the library holds) train on every
+chosen proxy with the same seed and budget, each proxy with its own recipe. The table gives validation
 accuracy per proxy, the training time per layer, and the verdict the search
 would give: protocols 1-4 (validity, duplicate, equivalence, stability), then
 protocol 5 judged on the first proxy's training. Rejected layers are still
@@ -20,8 +21,10 @@ def add_arguments(parser):
     parser.add_argument("formula", help='a layer formula in x, e.g. "x * sigmoid(v1 * x) / group_std(x) * gamma + beta"')
     parser.add_argument("--arch", action="append", metavar="NAME",
                         help="proxy architecture (repeatable; default: resnet, mobilenetv2, efficientnet; "
-                             "plainnet is the held-out one)")
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
+                             "vit and charlm are the transformer proxies; plainnet and postvit the held-out ones)")
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="fashion-mnist, cifar10 or synthetic: the image proxies' data (charlm reads Python's "
+                             "help texts)")
     add_training_flags(parser, ("steps", "batch_size", "lr"))
     parser.add_argument("--data-root", default=None, help="directory holding the dataset files")
     parser.add_argument("--seed", type=int, default=0)
@@ -34,10 +37,10 @@ def run(args) -> int:
 
     graph = _parse_formula(args)
     config, device = _config(args)
-    dataset = _load(config, device)
-    layers = _layers(graph, args.no_baselines)
-    rows = _train_all(layers, config, Evaluator(config, dataset=dataset))
-    _print_table(rows, config.archs, config, dataset)
+    data = _load(config, device)
+    layers = _layers(graph, args.no_baselines, config.archs)
+    rows = _train_all(layers, config, Evaluator(config, dataset=data))
+    _print_table(rows, config.archs, config, data)
     return 0
 
 
@@ -77,26 +80,37 @@ def _config(args):
 
 
 def _load(config, device):
-    from evaluators.datasets import DatasetError, load_dataset
+    """The datasets the chosen proxies train on (the images, the text or both), loaded now."""
+    from evaluators.datasets import DatasetError
+    from evaluators.evaluate import ProxyData
 
+    data = ProxyData(config.dataset, config.data_root, device)
     try:
-        return load_dataset(config.dataset, device, config.data_root)
+        for arch in config.archs:
+            data.for_arch(arch)
     except DatasetError as err:
         raise UsageError(str(err)) from None
     except RuntimeError as err:  # e.g. a device that does not exist
         raise UsageError(f"cannot load {config.dataset} on {device}: {one_line(err, kind=False)}") from None
+    return data
 
 
-def _layers(graph, no_baselines: bool) -> list:
-    """(name, graph) of the candidate and, unless asked not to, the baselines; a layer fit
-    for encrypted inference is also compared with the square activation."""
+def _layers(graph, no_baselines: bool, archs=()) -> list:
+    """(name, graph) of the candidate and, unless asked not to, the baselines: the CNN ones
+    for CNN proxies (a layer fit for encrypted inference is also compared with the square
+    activation), the Transformer references for Transformer proxies."""
+    from evaluators.proxies import PROXIES, transformer_references
     from primitives import parse
     from primitives.library import REFERENCE_LAYERS, baselines
 
     layers = [("candidate", graph)]
     if not no_baselines:
-        mode = "batch" if graph.inference_degree is None else "polynomial"
-        layers += [(name, parse(REFERENCE_LAYERS[name])) for name in baselines(mode)]
+        families = {PROXIES[a].family for a in archs} or {"cnn"}
+        if "cnn" in families:
+            mode = "batch" if graph.inference_degree is None else "polynomial"
+            layers += [(name, parse(REFERENCE_LAYERS[name])) for name in baselines(mode)]
+        if "transformer" in families:
+            layers += [(name, parse(formula)) for name, formula in transformer_references().items()]
     return layers
 
 
@@ -143,11 +157,18 @@ def _verdict(screened: dict, trained: dict) -> tuple[str, str | None]:
     return "ok", None
 
 
-def _print_table(rows, archs, config, dataset) -> None:
+def _print_table(rows, archs, config, data) -> None:
     name_width = max(len("layer"), *(len(name) for name, *_ in rows))
     header = f"{'layer':<{name_width}}  " + "".join(f"{a:>14}" for a in archs) + f"{'seconds':>10}  verdict"
-    print(f"validation accuracy on {config.dataset} ({len(dataset.val_y)} images), "
-          f"{config.steps} steps of batch {config.batch_size} per proxy, lr {config.lr:g}, seed {config.seed}")
+    proxies = []
+    for arch in archs:   # each proxy trains with its recipe (the flags override them all)
+        train = config.train_config(arch=arch)
+        ds = data.for_arch(arch)
+        what = (f"{ds.name} ({ds.split('val')[1].numel()} characters)" if hasattr(ds, "vocab")
+                else f"{config.dataset} ({len(ds.val_y)} images)")
+        proxies.append(f"{arch} on {what}: {config.steps} steps of batch {train.batch_size}, "
+                       f"{train.optimizer} lr {train.lr:g}")
+    print(f"validation accuracy, seed {config.seed}; " + "; ".join(proxies))
     print(header)
     print("-" * len(header))
     notes = []

@@ -16,7 +16,7 @@ from search.config import add_training_flags
 # the training flags' defaults, where retrain's are the run's
 RUN_DEFAULTS = {"steps": "default: twice the run's, or twice the recommended steps at --batch-size when it "
                          "differs from the run's",
-                "batch_size": "default: the run's"}
+                "batch_size": "default: the run's when it gave one, else each proxy's recipe"}
 
 
 def add_arguments(parser):
@@ -32,7 +32,8 @@ def add_arguments(parser):
                              "with the batch size)")
     parser.add_argument("--archs", nargs="+", default=None, help="proxies (default: the run's)")
     parser.add_argument("--no-held-out", dest="held_out", action="store_false",
-                        help="do not also train on the held-out proxies (default: plainnet too)")
+                        help="do not also train on the held-out proxies (default: plainnet too for CNN proxies, "
+                             "postvit for transformer ones)")
     parser.add_argument("--dataset", default=None, help="dataset (default: the run's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-baselines", action="store_true", help="retrain only the front layers")

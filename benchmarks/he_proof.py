@@ -62,8 +62,15 @@ def main(argv=None) -> int:
     parser.add_argument("--export", default=None, help="write the evonorm-he document here")
     parser.add_argument("--json", default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
-
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     graph = parse(REFERENCE_LAYERS.get(args.layer, args.layer))
     dataset = load_dataset(args.dataset, "cpu", args.data_root)
     model = build(args.arch, graph, dataset, args.seed)

@@ -141,9 +141,10 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     recorded = run.info.get("baselines") if isinstance(run.info.get("baselines"), dict) else {}
     baselines = {k: dict(v) if isinstance(v, dict) else v for k, v in recorded.items()}
     baselines.update({k: v for k, v in _recorded_baselines(df, accs, run.mode).items() if k not in baselines})
-    for scores in baselines.values():
+    for name, scores in baselines.items():
         if isinstance(scores, dict) and all(scores.get(a) is not None for a in accs):
             scores.setdefault(MEAN_ACC, sum(scores[a] for a in accs) / len(accs))
+            _graph_objectives(name, scores, costs)
     for ax, (cx, cy) in zip(axes, pairs):
         _front_panel(ax, ok, cx, cy, front_ids, baselines)
     xs, best, hv, ref = progress(run)
@@ -157,6 +158,20 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(output, dpi=dpi, format=fmt)
     plt.close(fig)
+
+
+def _graph_objectives(name: str, scores: dict, costs) -> None:
+    """A library baseline's minimised objectives that come from its graph (its depth, its
+    parameters per channel), so it shows on those panels too."""
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS
+
+    if name not in REFERENCE_LAYERS:
+        return
+    graph = parse(REFERENCE_LAYERS[name])
+    for col in costs:
+        if col in ("he_depth", "params_per_channel") and getattr(graph, col) is not None:
+            scores.setdefault(col, getattr(graph, col))
 
 
 def _front_panel(ax, ok, cx, cy, front_ids, baselines) -> None:

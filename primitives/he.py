@@ -111,6 +111,7 @@ def measure_ranges(model: torch.nn.Module, graph: Graph, batches, quantile: floa
                          out=torch.zeros(c, dtype=torch.float64))
                 s["k"] = s["n"] - math.ceil(quantile * s["n"]) + 1
             s["bad"] += int((~finite).sum())
+            s["seen"] = s.get("seen", 0) + flat.shape[1]
             s["min"] = torch.minimum(s["min"], torch.where(finite, flat, math.inf).amin(1))
             s["max"] = torch.maximum(s["max"], torch.where(finite, flat, -math.inf).amax(1))
             top = torch.where(finite, flat.abs(), -1.0)
@@ -135,8 +136,10 @@ def measure_ranges(model: torch.nn.Module, graph: Graph, batches, quantile: floa
     for s in stats:
         if s["k"] is None:
             raise HEError(f"position {s['name']} was never reached by the inputs")
+        # a module called more than once per input (a shared layer) saw more values than
+        # counted ahead: its quantile is then the ceil(q n)-th of the seen, an upper bound
         out.append({"name": s["name"], "channels": s["channels"], "shape": s["shape"],
-                    "values_per_channel": s["n"], "nonfinite": s["bad"],
+                    "values_per_channel": s["seen"], "nonfinite": s["bad"],
                     "min": s["min"].tolist(), "max": s["max"].tolist(),
                     "abs_quantile": s["top"][:, -1].clamp_min(0).tolist(), "output_abs_max": s["out"].tolist()})
     return out

@@ -47,6 +47,8 @@ FIELDS = (
           of_graph=lambda g: g.poly_degree),
     Field("inference_degree", "int64", "degree in x of the eval-mode layer (batch moments constant)",
           of_graph=lambda g: g.inference_degree),
+    Field("he_depth", "int64", "multiplicative depth of the eval-mode layer under CKKS (docs/he.md); "
+          "null when not a per-channel polynomial at inference", of_graph=lambda g: g.he_depth),
     Field("seconds", "float64", "wall time spent on it: screen and training"),
     Field("worker", "string", "who settled it: a worker's name, or driver for the screen's verdicts"),
     Field("created_at", "timestamp", "when it was recorded (UTC)"),

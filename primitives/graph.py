@@ -246,10 +246,42 @@ class Graph:
         """True when the eval-mode output is, per channel, a polynomial of the input
         element alone: a polynomial whose only moments of x are batch moments (an
         instance, group, layer or channel moment mixes elements). Such a layer is a
-        per-channel coefficient table (`primitives.coefficients`)."""
+        per-channel coefficient table (`primitives.coefficients`). A moment that only feeds
+        batch moments (`batch_mean(channel_var(e))`) is inside a constant at inference, a
+        running estimate, so it mixes nothing there."""
+        live = self._live_at_inference
         return self.inference_degree is not None and not any(
-            n.spec.kind == "moment" and not n.spec.uses_batch_stats and self.depends_on_x[i]
+            n.spec.kind == "moment" and not n.spec.uses_batch_stats and self.depends_on_x[i] and live[i]
             for i, n in enumerate(self._nodes))
+
+    @cached_property
+    def _live_at_inference(self) -> tuple[bool, ...]:
+        """Per node, whether the eval-mode layer computes it: the output does, and the inputs
+        of what it computes, except a batch moment's (it reads its running estimate)."""
+        live = [False] * len(self._nodes)
+        live[self._output] = True
+        for i in range(len(self._nodes) - 1, -1, -1):
+            n = self._nodes[i]
+            if live[i] and not (n.spec.kind == "moment" and n.spec.uses_batch_stats):
+                for j in n.inputs:
+                    live[j] = True
+        return tuple(live)
+
+    @cached_property
+    def he_depth(self) -> int | None:
+        """Multiplicative depth of the eval-mode layer under CKKS, or None when it is not a
+        per-channel polynomial at inference (`pointwise_at_inference`: e.g. a ReLU, a
+        division by data, or an instance, group, layer or channel moment, which would need
+        slot rotations). The evaluation scheme: the layer's per-channel coefficient table
+        (`primitives.coefficients`, degree d = `inference_degree`, real plaintext
+        coefficients in the power basis), where every multiplication, by a ciphertext or by
+        a plaintext coefficient, costs one rescaling level; the powers come from a product
+        tree with each coefficient multiplied in as one more factor, so a term c_k x^k is a
+        product of k + 1 factors, ceil(log2(k + 1)) levels deep: `he_depth_for_degree(d)`.
+        It is what TenSEAL 0.3.18's `CKKSVector.polyval` consumes, measured: a context with L
+        intermediate primes evaluates every degree up to 2^L - 1 and fails at 2^L
+        ("scale out of bounds"); docs/he.md."""
+        return he_depth_for_degree(self.inference_degree) if self.pointwise_at_inference else None
 
     @cached_property
     def mixes_positions(self) -> bool:
@@ -322,6 +354,16 @@ class Graph:
             raise GraphError(f"the written-out formula has {self.tree_size} terms, more than {MAX_TREE_SIZE}")
         if self.depth > MAX_DEPTH:
             raise GraphError(f"graph is {self.depth} operations deep, more than {MAX_DEPTH}")
+
+
+def he_depth_for_degree(degree: int) -> int:
+    """Multiplicative depth of a degree-`degree` polynomial with real plaintext coefficients
+    in CKKS (`Graph.he_depth`'s scheme): ceil(log2(degree + 1)), the depth of a balanced
+    product of degree + 1 factors (degree copies of x and the coefficient). 1 for a linear
+    layer, 2 for degrees 2-3, 3 for 4-7; 0 for a constant (degree 0: nothing to multiply)."""
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+        raise ValueError(f"degree must be a non-negative integer, got {degree!r}")
+    return degree.bit_length()
 
 
 def _to_networkx(nodes) -> nx.DiGraph:

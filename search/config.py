@@ -155,6 +155,11 @@ class SearchConfig:
     seed: int = setting(0, "search seed (default 0)", least=0)
     mode: str = setting("batch", "batch (default), sample (no batch moments) or polynomial", choices=MODES)
     max_degree: int = setting(4, "degree limit in polynomial mode (default 4)", least=1)
+    max_depth: int | None = setting(None, "multiplicative depth limit under CKKS in polynomial mode (he_depth, "
+                                          "docs/he.md; default none); only per-channel layers then", least=1)
+    depth_objective: bool = setting(False, flags=(("--depth-objective", True, "add the CKKS multiplicative "
+                                                   "depth (he_depth, minimised) to the objectives in polynomial "
+                                                   "mode; only per-channel layers then"),))
     population: int = setting(16, "population size P (default 16)", least=1)
     tournament: int = setting(4, "tournament size S (default 4)", least=1)
     evaluator: str = setting("train", "train (default) or surrogate (a cheap stand-in for smoke tests)",
@@ -192,11 +197,12 @@ class SearchConfig:
     # -- derived ----------------------------------------------------------------------------
     @property
     def objectives(self) -> tuple[str, ...]:
-        return tuple(f"acc_{a}" for a in self.archs) + (("params_per_channel",) if self.cost else ())
+        return (tuple(f"acc_{a}" for a in self.archs) + (("params_per_channel",) if self.cost else ())
+                + (("he_depth",) if self.depth_objective else ()))
 
     @property
     def goals(self) -> tuple[str, ...]:
-        return ("max",) * len(self.archs) + (("min",) if self.cost else ())
+        return ("max",) * len(self.archs) + ("min",) * (len(self.objectives) - len(self.archs))
 
     def rung_steps(self, steps: int) -> tuple[int, ...]:
         """The step counts at which a candidate faces a hurdle, ending with the budget;
@@ -388,4 +394,7 @@ def build_config(toml: dict | None = None, overrides: dict | None = None) -> Sea
     config = SearchConfig(**values)
     if config.tournament > config.population:
         raise ConfigError(f"tournament ({config.tournament}) may not exceed population ({config.population})")
+    if config.mode != "polynomial" and (config.max_depth is not None or config.depth_objective):
+        raise ConfigError("max_depth and depth_objective bound or minimise the multiplicative depth of "
+                          "polynomial layers: they need mode polynomial")
     return config

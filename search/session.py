@@ -179,7 +179,8 @@ def check_config(config: SearchConfig) -> Mode:
 
     from search.engine.modes import get_mode
     try:
-        mode = get_mode(config.mode, config.max_degree)
+        mode = get_mode(config.mode, config.max_degree, max_depth=config.max_depth,
+                        per_channel=config.depth_objective)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     for formula in config.seed_formulas:

@@ -54,7 +54,8 @@ def test_describe():
     g = parse(S0)
     d = describe(g)
     assert d == {"formula": str(g), "graph": g.to_json(), "graph_hash": g.hash, "params_per_channel": 3,
-                 "uses_batch_stats": False, "poly_degree": None, "inference_degree": None}
+                 "uses_batch_stats": False, "poly_degree": None, "inference_degree": None,
+                 "he_depth": None}
 
 
 REJECTED = {

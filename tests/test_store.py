@@ -24,7 +24,7 @@ EXPECTED_SCHEMA = {
     "graph_hash": pa.string(), "status": pa.string(), "reason": pa.string(),
     "equivalent_to": pa.int64(), "acc_resnet": pa.float64(), "acc_mobilenetv2": pa.float64(),
     "params_per_channel": pa.int64(), "uses_batch_stats": pa.bool_(), "poly_degree": pa.int64(),
-    "inference_degree": pa.int64(),
+    "inference_degree": pa.int64(), "he_depth": pa.int64(),
     "seconds": pa.float64(), "worker": pa.string(), "created_at": pa.timestamp("us", tz="UTC"),
     "mutation": pa.string(), "stage_seconds": pa.string(), "steps_trained": pa.int64(),
     "rung_scores": pa.string(), "seed_scores": pa.string(),

@@ -32,6 +32,9 @@ BN = "(x - batch_mean(x)) / batch_std(x)"
     ("x / instance_std(x)", None, None, False),
     ("(x - layer_mean(x)) / batch_std(x)", None, 1, False),
     ("poly(poly(x, order=2), order=3)", 6, 6, True),
+    # a moment that only feeds a batch moment is inside a running estimate at inference
+    (f"{BN} * batch_mean(channel_var(x ** 2))", None, 1, True),
+    ("x * batch_mean(x - instance_mean(x)) + instance_mean(x)", 2, 1, False),
 ])
 def test_inference_degree_counts_batch_moments_as_constants(formula, poly, inference, pointwise):
     g = parse(formula)

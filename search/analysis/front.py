@@ -13,14 +13,35 @@ FORMATS = ("table", "csv", "json", "markdown")
 
 
 def front_frame(run):
-    """The front with the columns a user reads, sorted by mean proxy accuracy (desc), then id."""
+    """The front with the columns a user reads, sorted by mean proxy accuracy (desc), then id:
+    every objective, and in a polynomial-mode run the inference degree and the CKKS
+    multiplicative depth (`he_depth`; a run from before the column gets it from the graph)."""
     front = run.front()
     accs = run.acc_columns
     cols = ["id", "formula", *accs, "params_per_channel", "uses_batch_stats", "poly_degree"]
+    extra = ["inference_degree", "he_depth"] if run.mode == "polynomial" else []
+    cols += [c for c in dict.fromkeys(extra + [c for c, _ in run.objectives]) if c not in cols]
     out = front[cols].copy()
+    if "he_depth" in cols:
+        import pandas as pd
+
+        out["he_depth"] = pd.array([_he_depth(d, g) for d, g in zip(out["he_depth"], front["graph"])],
+                                   dtype="Int64")
     out["mean_acc"] = out[accs].astype("float64").mean(axis=1)
     out = out.sort_values(["mean_acc", "id"], ascending=[False, True], kind="stable").drop(columns="mean_acc")
     return out.reset_index(drop=True)
+
+
+def _he_depth(recorded, graph_json):
+    """The recorded depth, or the graph's where the record predates the column."""
+    if not is_missing(recorded):
+        return int(recorded)
+    from primitives import Graph
+
+    try:
+        return Graph.from_json(graph_json).he_depth
+    except Exception:       # a record without a usable graph shows "-"
+        return None
 
 
 def _cell(value, col) -> str:
@@ -44,7 +65,7 @@ def render(df, fmt: str) -> str:
             rows.append({k: _jsonable(v) for k, v in rec.items()})
         return json.dumps(rows, indent=2)
     headers = {"params_per_channel": "params/ch", "uses_batch_stats": "batch stats",
-               "poly_degree": "poly deg"}
+               "poly_degree": "poly deg", "inference_degree": "inf deg", "he_depth": "depth"}
     cols = list(df.columns)
     if fmt == "table":  # the long formula reads best last
         cols = [c for c in cols if c != "formula"] + ["formula"]

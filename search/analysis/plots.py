@@ -20,10 +20,16 @@ BASELINE_COLORS = ["gold", "#17becf", "#e377c2", "#bcbd22", "#ff9896", "#98df8a"
 PROXY_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
 
 
+MEAN_ACC = "acc_mean"       # the mean proxy accuracy, plotted against a minimised objective
+
+
 def _label(col: str) -> str:
+    if col == MEAN_ACC:
+        return "mean proxy accuracy"
     if col.startswith("acc_"):
         return f"{col[4:]} accuracy"
-    return {"params_per_channel": "parameters per channel"}.get(col, col)
+    return {"params_per_channel": "parameters per channel",
+            "he_depth": "multiplicative depth (CKKS)"}.get(col, col)
 
 
 REFERENCE_MARGIN = 0.05   # of an objective's range over the accepted candidates
@@ -118,6 +124,11 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     accs = run.acc_columns
     ok = df[df["status"] == "ok"]
     pairs = list(itertools.combinations(accs, 2)) or [(accs[0], "params_per_channel")]
+    # each minimised objective (a cost, the multiplicative depth) against the mean accuracy
+    costs = [c for c, _ in run.objectives if not c.startswith("acc_") and (accs[0], c) not in pairs]
+    if costs:
+        ok = ok.assign(**{MEAN_ACC: ok[accs].astype("float64").mean(axis=1, skipna=False)})
+        pairs += [(c, MEAN_ACC) for c in costs]
     retrained = run.retrain_rows()
     n_panels = len(pairs) + 3 + bool(retrained)
     ncols = 2 if n_panels <= 4 else 3
@@ -127,8 +138,13 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     for ax in axes[n_panels:]:
         ax.axis("off")
     front_ids = set(run.front()["id"].tolist())
-    baselines = dict(run.info.get("baselines")) if isinstance(run.info.get("baselines"), dict) else {}
+    recorded = run.info.get("baselines") if isinstance(run.info.get("baselines"), dict) else {}
+    baselines = {k: dict(v) if isinstance(v, dict) else v for k, v in recorded.items()}
     baselines.update({k: v for k, v in _recorded_baselines(df, accs, run.mode).items() if k not in baselines})
+    for name, scores in baselines.items():
+        if isinstance(scores, dict) and all(scores.get(a) is not None for a in accs):
+            scores.setdefault(MEAN_ACC, sum(scores[a] for a in accs) / len(accs))
+            _graph_objectives(name, scores, costs)
     for ax, (cx, cy) in zip(axes, pairs):
         _front_panel(ax, ok, cx, cy, front_ids, baselines)
     xs, best, hv, ref = progress(run)
@@ -142,6 +158,20 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(output, dpi=dpi, format=fmt)
     plt.close(fig)
+
+
+def _graph_objectives(name: str, scores: dict, costs) -> None:
+    """A library baseline's minimised objectives that come from its graph (its depth, its
+    parameters per channel), so it shows on those panels too."""
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS
+
+    if name not in REFERENCE_LAYERS:
+        return
+    graph = parse(REFERENCE_LAYERS[name])
+    for col in costs:
+        if col in ("he_depth", "params_per_channel") and getattr(graph, col) is not None:
+            scores.setdefault(col, getattr(graph, col))
 
 
 def _front_panel(ax, ok, cx, cy, front_ids, baselines) -> None:

@@ -36,9 +36,19 @@ def run(args) -> int:
     print(f"batch stats      {'yes' if graph.uses_batch_stats else 'no'}")
     print(f"poly degree      {degree}")
     print(f"inference degree  {inference}")
+    print(f"he depth         {_he_depth(graph)}")
     for mode, out in (("train", train_out), ("eval", eval_out)):
         finite = torch.isfinite(out).all().item()
         print(f"output ({mode:5s})   shape {tuple(out.shape)}  mean {out.mean().item():.4g}  "
               f"std {out.std().item():.4g}  min {out.min().item():.4g}  max {out.max().item():.4g}"
               f"{'' if finite else '  NON-FINITE'}")
     return 0
+
+
+def _he_depth(graph) -> str:
+    """The CKKS multiplicative depth of the eval-mode layer, or why it has none."""
+    if graph.he_depth is not None:
+        return f"{graph.he_depth} (CKKS levels to evaluate its per-channel table; docs/he.md)"
+    if graph.inference_degree is None:
+        return "none: not a polynomial at inference"
+    return "none: mixes elements through an instance, group, layer or channel moment (not per channel)"

@@ -62,6 +62,9 @@ def describe(run, cid: int) -> list[str]:
     if _present(rec.get("uses_batch_stats")):
         lines.append(f"  batch stats    {'yes' if rec['uses_batch_stats'] else 'no'}")
     lines.append(f"  poly degree    {rec['poly_degree'] if _present(rec.get('poly_degree')) else 'not a polynomial'}")
+    if _present(rec.get("inference_degree")):
+        lines.append(f"  inference deg  {int(rec['inference_degree'])}")
+        lines.append(f"  he depth       {_he_depth(rec)}")
     if _present(rec.get("graph_hash")):
         lines.append(f"  graph hash     {rec['graph_hash']}")
     timing = _seconds(rec["seconds"]) if _present(rec.get("seconds")) else "-"
@@ -164,3 +167,17 @@ def _graph_of(run, cid: int):
         return parse(rec.get("formula") or "")
     except ValueError as err:                   # FormulaError, GraphError
         raise UsageError(f"{run.dir}: candidate {cid} has no graph to draw: {one_line(err, kind=False)}") from None
+
+
+def _he_depth(rec) -> str:
+    """The CKKS multiplicative depth (docs/he.md): recorded, or the graph's for a record from
+    before the column."""
+    depth = rec.get("he_depth")
+    if not _present(depth):
+        from primitives import Graph
+
+        try:
+            depth = Graph.from_json(rec["graph"]).he_depth
+        except Exception:
+            return "-"
+    return "none (mixes elements: not a per-channel polynomial)" if depth is None else str(int(depth))

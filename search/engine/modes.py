@@ -9,6 +9,11 @@
   layer's inference degree (`Graph.inference_degree`: its degree in x with every
   batch moment a constant) must be at most `max_degree` (layers fit for
   homomorphic encryption; BatchNorm followed by a cubic `poly` has degree 3).
+  With `max_depth` (or `per_channel`, which the depth objective sets) it also asks
+  for a per-channel polynomial at inference (`Graph.he_depth` is not None: no
+  instance, group, layer or channel moment, which would need slot rotations
+  under encryption, so they leave the menu) whose CKKS multiplicative depth is at
+  most `max_depth` (docs/he.md).
 
 Every mode asks that the output keeps the input's shape (varies over batch,
 channel and space). A mode owns the op menu that mutation and the random generator draw from, and
@@ -37,6 +42,8 @@ class Mode:
     ops: tuple[str, ...]                 # inner ops mutation and random graphs may use
     max_degree: int | None = None        # polynomial mode only
     max_ops: int = MAX_OPS
+    max_depth: int | None = None         # polynomial mode only: he_depth at most this
+    per_channel: bool = False            # polynomial mode only: he_depth must exist (set by max_depth)
 
     def why_not(self, graph: Graph) -> str | None:
         """Why `graph` is outside this mode, or None when it is allowed."""
@@ -54,6 +61,12 @@ class Mode:
                 return "is constant in x at inference (polynomial mode)"
             if graph.inference_degree > self.max_degree:
                 return f"has inference degree {graph.inference_degree}, above --max-degree {self.max_degree}"
+            if (self.per_channel or self.max_depth is not None) and graph.he_depth is None:
+                return ("mixes elements through an instance, group, layer or channel moment at inference: "
+                        "not a per-channel polynomial, no multiplicative depth (--max-depth, --depth-objective)")
+            if self.max_depth is not None and graph.he_depth > self.max_depth:
+                return (f"has multiplicative depth {graph.he_depth} (inference degree {graph.inference_degree}), "
+                        f"above --max-depth {self.max_depth}")
         return None
 
     def accept(self, graph: Graph) -> bool:
@@ -65,7 +78,12 @@ class Mode:
                             accept=self.accept, tries=5000)
 
 
-def get_mode(name: str, max_degree: int = DEFAULT_MAX_DEGREE, max_ops: int = MAX_OPS) -> Mode:
+def get_mode(name: str, max_degree: int = DEFAULT_MAX_DEGREE, max_ops: int = MAX_OPS,
+             max_depth: int | None = None, per_channel: bool = False) -> Mode:
+    """The mode `name`; `max_depth` and `per_channel` (polynomial mode only) bound the CKKS
+    multiplicative depth and ask for per-channel layers (`Graph.he_depth` not None)."""
+    if name != "polynomial" and (max_depth is not None or per_channel):
+        raise ValueError("a depth bound or the depth objective needs polynomial mode")
     if name == "batch":
         return Mode("batch", _INNER, max_ops=max_ops)
     if name == "sample":
@@ -73,5 +91,16 @@ def get_mode(name: str, max_degree: int = DEFAULT_MAX_DEGREE, max_ops: int = MAX
     if name == "polynomial":
         if max_degree < 1:
             raise ValueError(f"max degree must be at least 1, got {max_degree}")
-        return Mode("polynomial", _POLY_OPS, max_degree=max_degree, max_ops=max_ops)
+        if max_depth is not None and max_depth < 1:
+            raise ValueError(f"max depth must be at least 1, got {max_depth}")
+        per_channel = per_channel or max_depth is not None
+        ops = tuple(n for n in _POLY_OPS if not _mixes_elements(n)) if per_channel else _POLY_OPS
+        return Mode("polynomial", ops, max_degree=max_degree, max_ops=max_ops, max_depth=max_depth,
+                    per_channel=per_channel)
     raise ValueError(f"unknown mode {name!r} (choose from {', '.join(MODES)})")
+
+
+def _mixes_elements(name: str) -> bool:
+    """An instance, group, layer or channel moment: a sum over elements at inference."""
+    op = OPS[name]
+    return op.kind == "moment" and not op.uses_batch_stats

@@ -10,7 +10,7 @@
 
 `run` builds what a run needs (the screen, the executor: in-process or Ray workers,
 the store: the run directory's single writer, the driver, the store's watchers: the
-live Optuna study in RUN/study.journal), drives the
+live Optuna study in RUN/study.journal and, with `mlflow`, the MLflow runs), drives the
 search to the budget and releases them again, also on Ctrl-C or an error.
 `session.watch(w)` adds a watcher of one's own: `w.flushed(rows)` is called with the
 records of each part file once it is on disk (after the built-in watchers), and
@@ -47,6 +47,7 @@ class Session:
         self._stopped = False
         self._watchers: list = []           # the store's watchers while `run` runs
         self._extra: list = []              # added with watch()
+        self._mlflow = None                 # the MLflow logger, connected before the store opens
         self._stream = sys.stderr
 
     @classmethod
@@ -139,13 +140,30 @@ class Session:
 
         if self.create:
             check_writable_dir(self.dir)
+            self._mlflow = self._connect_mlflow()    # a store elsewhere is reached before anything is written
             return [], []
         for directory in (self.dir, os.path.join(self.dir, CANDIDATES)):
             check_writable_dir(directory)
+        self._mlflow = self._connect_mlflow()
         self._store = RunStore.open(self.dir, **self._store_options())
         records = self._store.records()
         self._watch(records)
         return records, self._store.checkpoints()
+
+    def _connect_mlflow(self):
+        """The MLflow logger, connected unless its store is to be made in a new run directory."""
+        if self.config.mlflow is None:
+            return None
+        from search.watch.mlflow_log import IN_RUN, MlflowLog
+
+        log = MlflowLog(self.dir, self.config.mlflow, report=self._report)
+        if not (self.create and self.config.mlflow == IN_RUN):
+            try:
+                log.connect()
+            except Exception as err:  # noqa: BLE001 - any failure of the store is a bad --mlflow
+                raise ConfigError(f"--mlflow {self.config.mlflow}: cannot log there: "
+                                  f"{one_line(err, kind=False)}") from None
+        return log
 
     def _watch(self, records: list) -> None:
         """The store's watchers, each first given the `records` it lacks (a resumed run)."""
@@ -159,6 +177,13 @@ class Session:
                 path = os.path.join(self.dir, JOURNAL)
                 raise RunDirError(f"{path}: not a usable Optuna journal ({one_line(err, kind=False)}); "
                                   "remove it and resume: it is made again from the records") from None
+        if self._mlflow is not None:
+            log, self._mlflow = self._mlflow, None
+            try:
+                self._watchers.append(log.start(info, records))
+            except Exception as err:  # noqa: BLE001 - any failure of the store is a bad --mlflow
+                raise ConfigError(f"--mlflow {self.config.mlflow}: cannot log there: "
+                                  f"{one_line(err, kind=False)}") from None
         self._watchers += self._extra
         self._store.watchers = list(self._watchers)
 
@@ -187,7 +212,7 @@ class Session:
 
     def _close_store(self) -> None:
         """Flush the last records and write the front; a failure is the caller's error. Then
-        the watchers end (`finished`: the budget is reached)."""
+        the watchers end (the MLflow parent run FINISHED when the budget is reached)."""
         store, self._store = self._store, None
         store.close()
         self._close_watchers(len(store) >= self.config.budget)
@@ -213,6 +238,7 @@ class Session:
             except Exception as err:  # noqa: BLE001 - report, keep the original error
                 print(f"evonorm: closing the watchers of {self.dir} failed: {err}", file=sys.stderr)
         finally:
+            self._mlflow = None
             if executor is not None:
                 executor.close()
 
@@ -240,6 +266,9 @@ def check_config(config: SearchConfig) -> Mode:
             raise ConfigError(f"seed formula {formula!r} {problem}")
     if config.evaluator == "train":
         config.eval_config()
+    if config.mlflow is not None:
+        from search.watch.mlflow_log import require_mlflow
+        require_mlflow()
     return mode
 
 

@@ -1,4 +1,4 @@
-"""Watching a search while it runs: the live Optuna study (RUN/study.journal)."""
+"""Watching a search while it runs: the live Optuna study (RUN/study.journal) and `--mlflow`."""
 import io
 import json
 import sys
@@ -118,3 +118,86 @@ def test_no_live_study_writes_no_journal(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert not (tmp_path / "r" / "study.journal").exists()
     assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["live_study"] is False
+
+
+# -- MLflow ----------------------------------------------------------------------------------------
+
+
+def test_mlflow_flag_parses(tmp_path):
+    from search.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["search", "--mlflow"]).mlflow == "run"
+    assert parser.parse_args(["search", "--mlflow", "http://host:5000", "--budget", "3"]).mlflow == "http://host:5000"
+    assert parser.parse_args(["search", "--mlflow", "--budget", "3"]).mlflow == "run"
+    assert parser.parse_args(["search"]).mlflow is None
+
+
+def test_mlflow_missing_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)      # `import mlflow` raises ImportError
+    out = tmp_path / "r"
+    code = main(["search", "--evaluator", "surrogate", "--executor", "local", "--mlflow", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install 'evonorm[mlflow]'" in err
+    assert not out.exists()
+
+
+def test_mlflow_unusable_uri_is_exit_2_and_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "r"
+    code = main(["search", "--evaluator", "surrogate", "--executor", "local", "--mlflow", "bogus://nowhere",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--mlflow bogus://nowhere: cannot log there" in err
+    assert not out.exists()
+
+
+def _children(client, parent):
+    from mlflow.entities import ViewType
+
+    runs = client.search_runs([client.get_run(parent).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    return {int(r.data.tags["evonorm.id"]): r for r in runs}
+
+
+def test_mlflow_logs_the_run_and_each_candidate_and_resumes_into_the_same_parent(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run_dir = tmp_path / "run"
+    config = build_config(overrides={**FAST, "budget": 16, "out": str(run_dir), "mlflow": "run"})
+    assert Session.start(config).run(quiet=True, stream=io.StringIO()) == 16
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    parent = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["budget"] == "16" and run.data.params["evaluator"] == "surrogate"
+    assert run.data.metrics["records"] == 16
+    children = _children(client, parent)
+    records = {r["id"]: r for r in load_run(run_dir).records()}
+    assert sorted(children) == sorted(records)
+    for cid, child in children.items():
+        rec = records[cid]
+        assert child.data.tags["status"] == rec["status"]
+        assert child.data.params["formula"] == rec["formula"]
+        assert child.data.params["graph_hash"] == rec["graph_hash"]
+        assert child.data.params.get("parent_id") == (None if rec["parent_id"] is None else str(rec["parent_id"]))
+        if rec["status"] == "ok":
+            assert child.data.metrics["acc_resnet"] == pytest.approx(rec["acc_resnet"])
+            assert child.data.metrics["steps_trained"] == rec["steps_trained"]
+            assert child.info.status == "FINISHED"
+
+    # a crash before the last two were logged, one of them half-way (left RUNNING)
+    last = sorted(children)[-2:]
+    for cid in last:
+        client.delete_run(children[cid].info.run_id)
+    client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent, "evonorm.id": str(last[0])})
+    assert Session.resume(run_dir, budget=24).run(quiet=True, stream=io.StringIO()) == 8
+    assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == parent
+    children = _children(client, parent)
+    assert sorted(children) == sorted(r["id"] for r in load_run(run_dir).records())
+    assert all(c.info.status != "RUNNING" for c in children.values())
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.metrics["records"] == 24
+    assert len(client.search_runs([run.info.experiment_id], filter_string="tags.`evonorm.run_dir` != ''")) == 1

@@ -1,12 +1,13 @@
 """Watching a search while it runs, in the tools people already use.
 
     study.py       LiveStudy: RUN/study.journal, an Optuna journal that optuna-dashboard reads
+    mlflow_log.py  MlflowLog: the run as an MLflow parent run, each candidate a child run
 
 Each is a watcher of the run store (`RunStore.watchers`): `flushed(rows)` is called once
 a part file holding `rows` is on disk, so what a watcher shows never runs ahead of the
 run directory. Opened on a resumed run, a watcher first adds the records it lacks (a
 crash between a part file and its watchers' appends leaves some out), and never adds a
-candidate twice. A watcher that cannot write (a full disk) says
+candidate twice. A watcher that cannot write (a full disk, an MLflow server down) says
 so once and keeps its rows for the next flush: the search goes on, the parquet files
 stay the record, and a resume adds what is still missing.
 """

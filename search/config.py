@@ -192,6 +192,11 @@ class SearchConfig:
                                                     "(default 0.34 1.0)", metavar="FRACTION")
     cost: bool = setting(False, flags=(("--cost", True, "add parameters per channel (minimised) to the "
                                                         "objectives"),))
+    live_study: bool = setting(True, flags=(("--no-live-study", False, "keep no live Optuna study (default: "
+                                             "RUN/study.journal, updated at every flush, for optuna-dashboard)"),))
+    mlflow: str | None = setting(None, "log the run and each candidate to MLflow at URI; without URI (TOML: "
+                                       '"run") to sqlite:///RUN/mlflow.db in the run directory (needs the '
+                                       "mlflow extra)", nargs="?", const="run", metavar="URI")
     eval: dict = setting(dict)           # the TOML file's [eval] table: extra EvalConfig fields
 
     # -- derived ----------------------------------------------------------------------------

@@ -9,8 +9,12 @@
     Session.resume(session.dir, budget=80).run() # later, or after a crash: carries on
 
 `run` builds what a run needs (the screen, the executor: in-process or Ray workers,
-the store: the run directory's single writer, the driver), drives the search to the
-budget and releases them again, also on Ctrl-C or an error. `stop()` ends a run early
+the store: the run directory's single writer, the driver, the store's watchers: the
+live Optuna study in RUN/study.journal and, with `mlflow`, the MLflow runs), drives the
+search to the budget and releases them again, also on Ctrl-C or an error.
+`session.watch(w)` adds a watcher of one's own: `w.flushed(rows)` is called with the
+records of each part file once it is on disk (after the built-in watchers), and
+`w.close(finished)` when the run ends, if it has one. `stop()` ends a run early
 from another thread; Ctrl-C or `kill` (SIGTERM) end it from outside. What was
 recorded is flushed either way, and `Session.resume` continues the run. `evonorm
 search` and `evonorm resume` are these calls behind flags (`run_from_cli`). Bad input is a
@@ -28,6 +32,7 @@ from search.config import RESUMABLE, SearchConfig, build_config
 from search.errors import ClusterError, ConfigError, RunDirError
 from search.engine.modes import Mode
 from search.store.reader import CANDIDATES, RUN_JSON
+from primitives.util import one_line
 
 
 class Session:
@@ -40,6 +45,10 @@ class Session:
         self.driver = None
         self._store = self._executor = None
         self._stopped = False
+        self._watchers: list = []           # the store's watchers while `run` runs
+        self._extra: list = []              # added with watch()
+        self._mlflow = None                 # the MLflow logger, connected before the store opens
+        self._stream = sys.stderr
 
     @classmethod
     def start(cls, config: SearchConfig) -> "Session":
@@ -76,6 +85,7 @@ class Session:
         (default stderr). Ctrl-C or SIGTERM raise KeyboardInterrupt once what was recorded
         is flushed; `stop()` returns early the same way."""
         stream = sys.stderr if stream is None else stream
+        self._stream = stream
         try:
             records, checkpoints = self._open()
             budget = self.config.budget
@@ -107,6 +117,12 @@ class Session:
             print(self.dir)
         return 0
 
+    def watch(self, watcher) -> None:
+        """Hand `watcher` the records of every part file this run writes, as it writes them:
+        `watcher.flushed(rows)` (rows: the records as dicts), then `watcher.close(finished)`
+        at the end when it has a `close`. Call it before `run`."""
+        self._extra.append(watcher)
+
     def stop(self) -> None:
         """End a running `run` early (call it from another thread): the driver stops at its
         next turn, what was recorded is flushed, candidates still training are dropped and
@@ -124,11 +140,55 @@ class Session:
 
         if self.create:
             check_writable_dir(self.dir)
+            self._mlflow = self._connect_mlflow()    # a store elsewhere is reached before anything is written
             return [], []
         for directory in (self.dir, os.path.join(self.dir, CANDIDATES)):
             check_writable_dir(directory)
+        self._mlflow = self._connect_mlflow()
         self._store = RunStore.open(self.dir, **self._store_options())
-        return self._store.records(), self._store.checkpoints()
+        records = self._store.records()
+        self._watch(records)
+        return records, self._store.checkpoints()
+
+    def _connect_mlflow(self):
+        """The MLflow logger, connected unless its store is to be made in a new run directory."""
+        if self.config.mlflow is None:
+            return None
+        from search.watch.mlflow_log import IN_RUN, MlflowLog
+
+        log = MlflowLog(self.dir, self.config.mlflow, report=self._report)
+        if not (self.create and self.config.mlflow == IN_RUN):
+            try:
+                log.connect()
+            except Exception as err:  # noqa: BLE001 - any failure of the store is a bad --mlflow
+                raise ConfigError(f"--mlflow {self.config.mlflow}: cannot log there: "
+                                  f"{one_line(err, kind=False)}") from None
+        return log
+
+    def _watch(self, records: list) -> None:
+        """The store's watchers, each first given the `records` it lacks (a resumed run)."""
+        from search.watch.study import JOURNAL, LiveStudy
+
+        info = self._store.info
+        if self.config.live_study:
+            try:
+                self._watchers.append(LiveStudy.open(self.dir, info, records, report=self._report))
+            except Exception as err:  # noqa: BLE001 - a journal spoilt by hand, or a full disk
+                path = os.path.join(self.dir, JOURNAL)
+                raise RunDirError(f"{path}: not a usable Optuna journal ({one_line(err, kind=False)}); "
+                                  "remove it and resume: it is made again from the records") from None
+        if self._mlflow is not None:
+            log, self._mlflow = self._mlflow, None
+            try:
+                self._watchers.append(log.start(info, records))
+            except Exception as err:  # noqa: BLE001 - any failure of the store is a bad --mlflow
+                raise ConfigError(f"--mlflow {self.config.mlflow}: cannot log there: "
+                                  f"{one_line(err, kind=False)}") from None
+        self._watchers += self._extra
+        self._store.watchers = list(self._watchers)
+
+    def _report(self, line: str) -> None:
+        print(line, file=self._stream)
 
     def _build(self, records: list, checkpoints: list, progress):
         """Screen, executor, store and driver, the driver restored from what was recorded."""
@@ -141,6 +201,7 @@ class Session:
         _stop_on_sigterm()  # after the executor: ray.init installs a SIGTERM handler of its own
         if self.create:
             self._store = RunStore.create(self.dir, run_info(self.config), **self._store_options())
+            self._watch([])
         driver = Driver(self.config, self.mode, self._store, screen, self._executor,
                         start_id=self._store.next_id, done=len(records), progress=progress)
         if records or checkpoints:
@@ -150,9 +211,17 @@ class Session:
         return driver
 
     def _close_store(self) -> None:
-        """Flush the last records and write the front; a failure is the caller's error."""
+        """Flush the last records and write the front; a failure is the caller's error. Then
+        the watchers end (the MLflow parent run FINISHED when the budget is reached)."""
         store, self._store = self._store, None
         store.close()
+        self._close_watchers(len(store) >= self.config.budget)
+
+    def _close_watchers(self, finished: bool) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if hasattr(watcher, "close"):
+                watcher.close(finished)
 
     def _release(self) -> None:
         """Flush and close the store (reporting, not raising, a failure: an error or Ctrl-C
@@ -164,7 +233,12 @@ class Session:
                     store.close()
                 except Exception as err:  # noqa: BLE001 - report, keep the original error
                     print(f"evonorm: flushing {self.dir} failed: {err}", file=sys.stderr)
+            try:
+                self._close_watchers(False)
+            except Exception as err:  # noqa: BLE001 - report, keep the original error
+                print(f"evonorm: closing the watchers of {self.dir} failed: {err}", file=sys.stderr)
         finally:
+            self._mlflow = None
             if executor is not None:
                 executor.close()
 
@@ -193,6 +267,9 @@ def check_config(config: SearchConfig) -> Mode:
             raise ConfigError(f"seed formula {formula!r} {problem}")
     if config.evaluator == "train":
         config.eval_config()
+    if config.mlflow is not None:
+        from search.watch.mlflow_log import require_mlflow
+        require_mlflow()
     return mode
 
 

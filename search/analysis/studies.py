@@ -1,5 +1,5 @@
-"""A run as an Optuna study (`evonorm to-optuna`), for optuna-dashboard and
-`optuna.visualization`.
+"""A run as an Optuna study (`evonorm to-optuna`, and the live study a search keeps in
+RUN/study.journal), for optuna-dashboard and `optuna.visualization`.
 
     from search.store import load_run
     from search.analysis.studies import write_study
@@ -10,7 +10,9 @@ one pruned trial per candidate `stopped` at a progressive hurdle (Optuna's own w
 it; its rung scores and `steps_trained` in the user attributes); values are the run's
 objectives (proxy accuracies maximised, a cost minimised), `params` = {"id": candidate
 id}, user attributes carry the formula, graph hash, parent, mutation and the layer's
-properties. `trial_for` makes one record's trial, for a study kept as a run goes on.
+properties; a trial starts `seconds` before its record's `created_at` and ends then.
+`is_trial` says which records are trials and `trial_for` makes one record's trial: the
+live study (`search.watch.study`) adds them as a run flushes its records.
 """
 from __future__ import annotations
 
@@ -36,9 +38,27 @@ def directions(objectives) -> list[str]:
     return ["maximize" if g == "max" else "minimize" for _, g in objectives]
 
 
+def is_trial(record: dict, objectives) -> bool:
+    """Whether a record is a trial of the run's study: `ok` with every objective present
+    (complete), or `stopped` at a hurdle (pruned)."""
+    if record["status"] == "stopped":
+        return True
+    return record["status"] == "ok" and not any(is_missing(record.get(c)) for c, _ in objectives)
+
+
+def id_bound(info: dict, max_id: int) -> int:
+    """The upper end of the `id` parameter's distribution: the run's budget (ids count up
+    to it) or the highest id, whichever is larger, so that a study kept as a run goes on
+    has one distribution for every trial."""
+    budget = (info.get("config") or {}).get("budget") or 0
+    return max(int(budget) - 1, int(max_id), 1)
+
+
 def trial_for(record: dict, objectives, acc_columns, max_id: int):
     """The FrozenTrial of one `ok` (complete) or `stopped` (pruned) record; `max_id` bounds
-    the id parameter's distribution."""
+    the id parameter's distribution (`id_bound`)."""
+    import datetime
+
     import optuna
     from optuna.distributions import IntDistribution
 
@@ -49,20 +69,25 @@ def trial_for(record: dict, objectives, acc_columns, max_id: int):
         if v is not None:
             user_attrs[a] = v
     done = record["status"] == "ok"
-    return optuna.trial.create_trial(
+    trial = optuna.trial.create_trial(
         state=optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.PRUNED,
         values=[float(record[c]) for c in cols] if done else None, params={"id": int(record["id"])},
         distributions={"id": IntDistribution(0, max(max_id, 1))}, user_attrs=user_attrs)
+    end = _value(record.get("created_at"))
+    if end is not None:                      # the trial's times are the candidate's own
+        end = end.to_pydatetime() if hasattr(end, "to_pydatetime") else end
+        seconds = _value(record.get("seconds")) or 0.0
+        trial.datetime_complete = end
+        trial.datetime_start = end - datetime.timedelta(seconds=float(seconds))
+    return trial
 
 
 def trials_for(run):
     """(directions, [FrozenTrial]) for the accepted and stopped candidates of `run`, in id order."""
     objectives = run.objectives
-    df = run.candidates
-    cols = [c for c, _ in objectives]
-    ok = df[(df["status"] == "ok") & df[cols].notna().all(axis=1) | (df["status"] == "stopped")]
-    max_id = int(df["id"].max()) if len(df) else 0
-    trials = [trial_for(rec, objectives, run.acc_columns, max_id) for rec in ok.to_dict(orient="records")]
+    records = run.records()
+    bound = id_bound(run.info, max((r["id"] for r in records), default=0))
+    trials = [trial_for(rec, objectives, run.acc_columns, bound) for rec in records if is_trial(rec, objectives)]
     return directions(objectives), trials
 
 
@@ -118,12 +143,20 @@ def write_study(run, storage, study_name: str | None = None):
         if created and storage_path.exists():
             storage_path.unlink()
         raise UnwritableError(f"{storage_path}: not a usable Optuna journal: {one_line(err, kind=False)}") from None
+    describe_study(study, run.objectives, run.dir)
+    study.add_trials(trials)
+    return study
+
+
+def describe_study(study, objectives, run_dir) -> None:
+    """A run's study, named: its metric names (the objective columns), the run directory and
+    the objectives as study user attributes."""
     import warnings
+
+    import optuna
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([c for c, _ in run.objectives])
-    study.set_user_attr("run_dir", str(run.dir.resolve()))
-    study.set_user_attr("objectives", [{"column": c, "goal": g} for c, g in run.objectives])
-    study.add_trials(trials)
-    return study
+        study.set_metric_names([c for c, _ in objectives])
+    study.set_user_attr("run_dir", str(Path(run_dir).resolve()))
+    study.set_user_attr("objectives", [{"column": c, "goal": g} for c, g in objectives])

@@ -14,7 +14,9 @@ seconds into a new part file `candidates/part-<seq:06d>.parquet`: written to a
 hidden temporary name, fsynced, then renamed, so a crash never leaves a visible
 half-written part and parquet files are never rewritten. After each flush
 `front.parquet` (the Pareto front of the `ok` records) is rewritten the same way,
-from a front kept in memory and updated incrementally.
+from a front kept in memory and updated incrementally. Then each of `store.watchers`
+(`search.watch`: the live Optuna study, MLflow) is handed the rows just written,
+`watcher.flushed(rows)`, so a watcher never shows a record the directory lacks.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class RunStore:
         self._seq = 0
         self._warned: set[str] = set()
         self._closed = False
+        self.watchers: list = []              # each gets flushed(rows) once a part file is on disk
         self._recorded_checkpoints: set[int] = set()   # removed once their record is on disk
         # the front, kept in memory: rows and their objective points (minimisation not applied)
         self._front_rows: list[dict] = []
@@ -163,6 +166,8 @@ class RunStore:
             self._remove_checkpoint(cid)
         if self._update_front(rows):
             self._write_front()
+        for watcher in self.watchers:
+            watcher.flushed(rows)
 
     def close(self) -> None:
         """Flush what is buffered and write the front. Idempotent."""

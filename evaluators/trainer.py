@@ -90,6 +90,12 @@ AUGMENT_FROM_EPOCH = {"auto": 1, True: 0, False: None}
 _PLAIN_NORM_ACT = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Sequential)
 OPTIMIZERS = ("sgd", "adamw")
 
+# Changes whenever what a training computes would: bump it in any commit that changes the
+# trainer's numbers (tests/test_trainer_version.py holds a training's loss per version and
+# fails when they move without a bump). 1: gradient clipping at 1.0 (34323d8), AdamW and
+# the Transformer recipes; results made before it carry no version ("before versioning").
+TRAINER_VERSION = 1
+
 
 @dataclass
 class TrainConfig:
@@ -503,6 +509,20 @@ def _load_state(state, model, opt, scaler, batches) -> tuple[int, list[float]]:
         scaler.load_state_dict(state["scaler"])
     batches.load_state(state["batches"])
     return int(state["step"]), list(state["losses"])
+
+
+def trainer_fingerprint() -> dict:
+    """What a result's numbers depend on besides its own settings: the trainer's version, its
+    default settings (clipping included), every proxy's recipe, torch's version and the
+    source commit. run.json, the retrain's table and its journal record it."""
+    import dataclasses
+
+    from primitives.util import source_commit
+
+    from .proxies import PROXIES
+    return {"version": TRAINER_VERSION, "settings": dataclasses.asdict(TrainConfig()),
+            "recipes": {name: dataclasses.asdict(p.recipe) for name, p in PROXIES.items()},
+            "torch": torch.__version__, "commit": source_commit()}
 
 
 def proxy_config(arch: str, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,

@@ -75,3 +75,21 @@ def is_missing(value) -> bool:
     import pandas as pd
 
     return bool(pd.api.types.is_scalar(value) and not isinstance(value, str) and pd.isna(value))
+
+
+def source_commit() -> str | None:
+    """The git commit this package runs from, with "-dirty" when its tracked files have
+    changes; None outside a git checkout (an installed wheel) or without git. A result
+    records it so that it can be tied to the code that made it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

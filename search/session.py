@@ -290,8 +290,10 @@ def _recorded_config(run_dir: str) -> tuple[dict, str]:
 
 
 def run_info(config: SearchConfig) -> dict:
-    """run.json: the settings, the seed, the package versions, the start time, the
-    objectives and archs, the evaluators' settings and the command line."""
+    """run.json: the settings, the seed, the package versions, the trainer that makes the
+    numbers (evaluators.trainer.trainer_fingerprint), the start time, the objectives and
+    archs, the evaluators' settings and the command line."""
+    from evaluators.trainer import trainer_fingerprint
     import platform
     from datetime import datetime, timezone
     from importlib import metadata
@@ -303,7 +305,7 @@ def run_info(config: SearchConfig) -> dict:
             versions[dist] = None
     eval_config = config.eval_config().to_dict() if config.evaluator == "train" else None
     return {"config": config.to_dict(), "seed": config.seed, "versions": versions,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "trainer": trainer_fingerprint(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "objectives": [{"column": c, "goal": g} for c, g in zip(config.objectives, config.goals)],
             "archs": list(config.archs), "eval_config": eval_config, "command": sys.argv[1:]}
 

@@ -11,6 +11,7 @@ A new setting is one field of `SearchConfig`, `name: type = setting(default, hel
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import time
@@ -116,6 +117,13 @@ def check_training(name: str, value, label: str | None = None):
     return _CHECKS[t.kind](label or name, value, t.meta())
 
 
+class _Names(argparse.Action):
+    """A flag taking names apart by spaces or commas: `--archs vit charlm` or `--archs vit,charlm`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [name for value in values for name in value.split(",") if name])
+
+
 def _known_archs(archs: tuple[str, ...]) -> None:
     if not archs:
         raise ConfigError("archs may not be empty")
@@ -173,8 +181,8 @@ class SearchConfig:
     flush_seconds: float = setting(30.0, "write a part file at least this often (default 30)")
     archs: tuple[str, ...] = setting(
         ARCHS, "proxy architectures (default resnet mobilenetv2 efficientnet; the transformer proxies vit "
-               "charlm; plainnet and postvit, the held-out ones, may be chosen too)", check=_known_archs,
-        metavar="ARCH")
+               "charlm; plainnet and postvit, the held-out ones, may be chosen too; by spaces or commas)",
+        check=_known_archs, metavar="ARCH", action=_Names)
     seed_formulas: tuple[str, ...] = setting(
         (), "a known layer for the first population (repeatable)", flags=("--seed-formula",),
         action="append", nargs=None, metavar="F")

@@ -263,3 +263,13 @@ def test_evolution_starts_after_p_proposals_even_when_few_of_them_trained():
     assert all(by_id[i]["mutation"] == "random" for i in range(3, 12))
     later = [by_id[i] for i in range(12, 40)]
     assert all(r["parent_id"] in (0, 1, 2) and r["mutation"] not in ("random", "seed") for r in later)
+
+
+@pytest.mark.parametrize("argv", [["--archs", "vit,charlm"], ["--archs", "vit", "charlm"], ["--archs", "vit,", "charlm"]])
+def test_archs_are_given_by_spaces_or_commas(argv):
+    import argparse
+
+    from search.config import add_flags
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    assert build_config(overrides=vars(parser.parse_args(argv))).archs == ("vit", "charlm")

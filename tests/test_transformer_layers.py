@@ -174,11 +174,17 @@ def test_scalar_layers_export_and_compile_wrapped(name):
     torch.testing.assert_close(compiled(x), layer(x))
 
 
-def test_cnn_searches_are_not_seeded_with_the_transformer_layers():
+@pytest.mark.parametrize("archs,families", [(("resnet", "plainnet"), {"cnn"}), (("vit", "charlm"), {"transformer"}),
+                                             (("resnet", "vit"), {"cnn", "transformer"})])
+def test_a_search_is_seeded_with_the_layers_of_its_proxies_families(archs, families):
     from types import SimpleNamespace
 
     from search.engine.driver import initial_seeds
     from search.engine.modes import get_mode
-    seeds = {g.hash for g in initial_seeds(SimpleNamespace(seed_formulas=(), library_seeds=True), get_mode("batch"))}
-    cnn = {parse(f).hash for name, f in REFERENCE_LAYERS.items() if name not in TRANSFORMER_LAYERS}
-    assert seeds == cnn     # every CNN reference fits batch mode, as before the Transformer ones existed
+    config = SimpleNamespace(seed_formulas=(), library_seeds=True, archs=archs)
+    seeds = {g.hash for g in initial_seeds(config, get_mode("batch"))}
+    wanted = {parse(f).hash for name, f in REFERENCE_LAYERS.items()
+              if ("transformer" if name in TRANSFORMER_LAYERS else "cnn") in families}
+    assert seeds == wanted     # every reference fits batch mode
+    assert (parse(REFERENCE_LAYERS["dyt"]).hash in seeds) == ("transformer" in families)
+    assert (parse(REFERENCE_LAYERS["bn-relu"]).hash in seeds) == ("cnn" in families)

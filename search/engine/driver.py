@@ -54,14 +54,19 @@ def candidate_rng(seed: int, candidate_id: int) -> random.Random:
 
 def initial_seeds(config, mode: Mode) -> list[Graph]:
     """The known layers that open the run: --seed-formula ones, then (unless turned off) the
-    reference library's layers that fit the mode. Starting next to known-good layers is
-    what lets a one-hour search on a small machine improve on them rather than spend its
-    budget rediscovering normalisation from random graphs. The layers made for Transformer
-    positions (`TRANSFORMER_LAYERS`: no activation, or none at all) are not seeds here."""
+    reference library's layers that fit the mode and the run's proxies. Starting next to
+    known-good layers is what lets a one-hour search on a small machine improve on them
+    rather than spend its budget rediscovering normalisation from random graphs. On CNN
+    proxies those are the CNN layers; on Transformer proxies the layers made for a
+    Transformer position (`TRANSFORMER_LAYERS`: LayerNorm, RMSNorm, DyT, Derf, none); a run
+    on both families starts from both."""
+    from evaluators.proxies import PROXIES
     from primitives.library import REFERENCE_LAYERS, TRANSFORMER_LAYERS
     formulas = list(config.seed_formulas)
     if getattr(config, "library_seeds", False):
-        formulas += [f for name, f in REFERENCE_LAYERS.items() if name not in TRANSFORMER_LAYERS]
+        families = {PROXIES[a].family for a in config.archs if a in PROXIES} or {"cnn"}
+        formulas += [f for name, f in REFERENCE_LAYERS.items()
+                     if ("transformer" if name in TRANSFORMER_LAYERS else "cnn") in families]
     seeds, seen = [], set()
     for formula in formulas:
         graph = parse(formula)

@@ -97,17 +97,47 @@ def ci_run(tmp_path, setup_status: int, pytest_statuses: tuple[int, ...]) -> tup
 
 
 def test_ci_fails_and_runs_no_test_when_setup_fails(tmp_path):
-    status, calls = ci_run(tmp_path, setup_status=3, pytest_statuses=(0, 0))
+    status, calls = ci_run(tmp_path, setup_status=3, pytest_statuses=(0, 0, 0))
     assert status == 3 and calls == []
 
 
 def test_ci_fails_when_the_fast_suite_fails_and_skips_the_slow_one(tmp_path):
-    status, calls = ci_run(tmp_path, setup_status=0, pytest_statuses=(1, 0))
+    status, calls = ci_run(tmp_path, setup_status=0, pytest_statuses=(1, 0, 0))
     assert status == 1 and calls == ["-m pytest"]
 
 
+def test_ci_fails_when_a_module_is_under_the_coverage_floor_and_skips_the_slow_suite(tmp_path):
+    status, calls = ci_run(tmp_path, setup_status=0, pytest_statuses=(0, 1, 0))
+    assert status == 1 and calls == ["-m pytest", ".ci/coverage_floor.py 75"]
+
+
 def test_ci_passes_both_suites_and_fails_on_a_slow_failure(tmp_path):
-    status, calls = ci_run(tmp_path / "a", setup_status=0, pytest_statuses=(0, 0))
-    assert status == 0 and calls == ["-m pytest", "-m pytest -m slow -n 2 --dist loadgroup"]
-    assert ci_run(tmp_path / "b", setup_status=0, pytest_statuses=(0, 5))[0] == 0   # none selected
-    assert ci_run(tmp_path / "c", setup_status=0, pytest_statuses=(0, 1))[0] == 1
+    status, calls = ci_run(tmp_path / "a", setup_status=0, pytest_statuses=(0, 0, 0))
+    assert status == 0 and calls == ["-m pytest", ".ci/coverage_floor.py 75", "-m pytest -m slow -n 2 --dist loadgroup"]
+    assert ci_run(tmp_path / "b", setup_status=0, pytest_statuses=(0, 0, 5))[0] == 0   # none selected
+    assert ci_run(tmp_path / "c", setup_status=0, pytest_statuses=(0, 0, 1))[0] == 1
+
+
+def test_the_coverage_floor_names_the_modules_below_it(tmp_path):
+    import coverage
+    import importlib.util
+
+    (tmp_path / "half.py").write_text("def used():\n    return 1\n\n\ndef unused():\n    a = 1\n    b = 2\n    return a + b\n")
+    (tmp_path / "full.py").write_text("X = 1\n")
+    cov = coverage.Coverage(data_file=str(tmp_path / ".coverage"), include=[str(tmp_path / "*")])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cov.start()
+        import full  # noqa: F401
+        import half
+        half.used()
+        cov.stop()
+        cov.save()
+    finally:
+        sys.path.remove(str(tmp_path))
+    spec = importlib.util.spec_from_file_location("coverage_floor", SETUP.with_name("coverage_floor.py"))
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    low = floor.below(75, str(tmp_path / ".coverage"))
+    assert [(Path(p).name, round(v)) for p, v in low] == [("half.py", 50)]   # 3 of 6 statements
+    assert floor.below(50, str(tmp_path / ".coverage")) == []

@@ -205,7 +205,7 @@ def trials_table(path) -> str:
                           "-" if t["value"] is None else f"{100 * t['value']:.2f}",
                           *["failed" if a is None else f"{100 * a:.2f}" for a in accs],
                           "{:.3g}..{:.3g}".format(*t["range"]) if t.get("range") else "-",
-                          f"widened x{t['stage']}" if t.get("stage") else ""])
+                          (f"after {t['stage']} widening" + ("s" if t["stage"] > 1 else "")) if t.get("stage") else ""])
         header = ["trial", "lr", "val %", *[f"{a} %" for a in archs], "range", ""]
         parts.append(head + "\n" + "\n".join("  " + line for line in _columns(header, lines).splitlines()))
     return "\n\n".join(parts)

@@ -27,3 +27,8 @@ class RunDirError(EvonormError, ValueError):
 
 class ClusterError(EvonormError):
     """The Ray cluster asked for cannot be reached or cannot host the workers."""
+
+
+class TrainerChangeError(EvonormError):
+    """A result recorded by another trainer (evaluators.trainer.TRAINER_VERSION) than the one
+    running: going on would mix two trainers' numbers unless the change is allowed and recorded."""

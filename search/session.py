@@ -49,6 +49,7 @@ class Session:
         self._extra: list = []              # added with watch()
         self._mlflow = None                 # the MLflow logger, connected before the store opens
         self._stream = sys.stderr
+        self._trainer_change = False        # a resumed run goes on with another trainer (allowed)
 
     @classmethod
     def start(cls, config: SearchConfig) -> "Session":
@@ -61,14 +62,24 @@ class Session:
         return cls(config, check_config(config), create=True)
 
     @classmethod
-    def resume(cls, run_dir, **changes) -> "Session":
+    def resume(cls, run_dir, *, allow_trainer_change: bool = False, **changes) -> "Session":
         """The run recorded in `run_dir`, to be continued. `changes` may say where it runs
-        now and raise its budget (the settings in config.RESUMABLE; None keeps one)."""
+        now and raise its budget (the settings in config.RESUMABLE; None keeps one). A run
+        that trains (evaluator "train") recorded by another trainer than the running one
+        (evaluators.trainer.TRAINER_VERSION; none recorded: before versioning) is a
+        TrainerChangeError unless `allow_trainer_change`: then run.json records the change
+        and the id from which it applies (search.provenance)."""
         unknown = sorted(set(changes) - set(RESUMABLE))
         if unknown:
             raise ConfigError(f"a resumed run cannot change {', '.join(unknown)}")
         run_dir = os.fspath(run_dir)
         recorded, info_path = _recorded_config(run_dir)
+        changed = False
+        if recorded.get("evaluator", "train") == "train":   # the surrogate trains nothing
+            from search import provenance
+
+            changed = provenance.check(provenance.run_trainer_version(_read_info(info_path)), info_path,
+                                       allow_trainer_change, f"evonorm resume {run_dir}")
         budget = changes.get("budget")
         if budget is not None and budget < recorded.get("budget", 0):
             raise ConfigError(f"--budget {budget} is below the run's budget {recorded.get('budget')}")
@@ -77,7 +88,9 @@ class Session:
         except ConfigError as err:
             raise ConfigError(f"{info_path}: {err}") from None
         config.out = run_dir
-        return cls(config, check_config(config), create=False)
+        session = cls(config, check_config(config), create=False)
+        session._trainer_change = changed
+        return session
 
     def run(self, *, quiet: bool = False, stream=None) -> int:
         """Drive the run to its budget; returns the records written by this call (0: the run
@@ -146,9 +159,26 @@ class Session:
             check_writable_dir(directory)
         self._mlflow = self._connect_mlflow()
         self._store = RunStore.open(self.dir, **self._store_options())
+        if self._trainer_change:
+            self._record_trainer_change()
         records = self._store.records()
         self._watch(records)
         return records, self._store.checkpoints()
+
+    def _record_trainer_change(self) -> None:
+        """run.json gains the running trainer beside the recorded one: {"from_id": the first
+        id it makes, "trainer": its fingerprint} appended to "trainer_changes"."""
+        from search import provenance
+
+        info = self._store.info
+        if provenance.run_trainer_version(info) == provenance.running_version():
+            return   # recorded already (a resume of a resume)
+        change = {"from_id": self._store.next_id, "previous_version": provenance.run_trainer_version(info),
+                  "trainer": provenance.fingerprint()}
+        self._store.update_info({"trainer_changes": [*info.get("trainer_changes", []), change]})
+        print(f"{self.dir}: records from id {change['from_id']} on are made by trainer "
+              f"{provenance.running_version()} (before: {provenance.describe(change['previous_version'])}); "
+              "run.json says so", file=self._stream)
 
     def _connect_mlflow(self):
         """The MLflow logger, connected unless its store is to be made in a new run directory."""
@@ -287,6 +317,12 @@ def _recorded_config(run_dir: str) -> tuple[dict, str]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunDirError(f"{info_path} is unreadable: {err}") from None
     return {"hurdles": False, "confirm": False, **recorded}, info_path
+
+
+def _read_info(info_path: str) -> dict:
+    with open(info_path) as fh:
+        info = json.load(fh)
+    return info if isinstance(info, dict) else {}
 
 
 def run_info(config: SearchConfig) -> dict:

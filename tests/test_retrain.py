@@ -1,4 +1,5 @@
 """`evonorm retrain`: tuned, multi-seed test-set comparison written to retrain.parquet."""
+import json
 import math
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -11,7 +12,9 @@ from primitives.library import REFERENCE_LAYERS
 from search.cli import main
 from search.store import load_run
 from search.store.writer import RunStore
+from evaluators.trainer import TRAINER_VERSION
 
+TRAINER = {"version": TRAINER_VERSION}   # run.json's "trainer" (the full fingerprint in a real run)
 FRONT = ["x * sigmoid(x * v1) / layer_std(x) * gamma + beta", "tanh(x - instance_mean(x)) * gamma + beta",
          "relu(x / group_rms(x, groups=4)) * gamma"]
 
@@ -20,7 +23,7 @@ FRONT = ["x * sigmoid(x * v1) / layer_std(x) * gamma + beta", "tanh(x - instance
 def run_dir(tmp_path):
     path = tmp_path / "run"
     info = {"config": {"dataset": "synthetic", "archs": ["resnet"], "steps": 10}, "seed": 0,
-            "archs": ["resnet"], "objectives": [{"column": "acc_resnet", "goal": "max"}]}
+            "archs": ["resnet"], "objectives": [{"column": "acc_resnet", "goal": "max"}], "trainer": TRAINER}
     with RunStore.create(path, info) as store:
         for i, formula in enumerate(FRONT + [REFERENCE_LAYERS["evonorm-s0"]]):
             g = parse(formula)
@@ -110,7 +113,7 @@ def test_retrain_in_worker_processes_matches_in_process(run_dir, tmp_path, capsy
 def test_front_members_with_identical_scores_are_retrained_once(tmp_path):
     path = tmp_path / "run"
     info = {"config": {"dataset": "synthetic", "archs": ["resnet", "mobilenetv2"], "steps": 10}, "seed": 0,
-            "archs": ["resnet", "mobilenetv2"],
+            "archs": ["resnet", "mobilenetv2"], "trainer": TRAINER,
             "objectives": [{"column": "acc_resnet", "goal": "max"}, {"column": "acc_mobilenetv2", "goal": "max"}]}
     members = [("x * gamma + beta", 0.9, 0.7), ("x * v5 + beta", 0.9, 0.7), ("tanh(x) * gamma", 0.7, 0.85)]
     with RunStore.create(path, info) as store:
@@ -228,7 +231,9 @@ def test_a_stopped_retrain_resumes_from_its_journal_without_training_twice(run_d
     assert main(["retrain", str(run_dir), *argv]) == 130
     journal = run_dir / "retrain.parquet.journal"
     assert "run the same command to resume" in capsys.readouterr().err
-    assert not (run_dir / "retrain.parquet").exists() and len(journal.read_text().splitlines()) == 9
+    lines = journal.read_text().splitlines()
+    assert not (run_dir / "retrain.parquet").exists() and len(lines) == 1 + 9   # the trainer's header, 9 trainings
+    assert json.loads(lines[0])["header"]["trainer"]["version"] == TRAINER_VERSION
     with open(journal, "a") as f:
         f.write('{"key": "torn by a cra')            # a crash mid-line: skipped on reading
     calls = []
@@ -247,6 +252,7 @@ def test_a_changed_setting_does_not_replay_the_journal(run_dir, capsys, monkeypa
     from search.store.journal import Journal, key
     argv = ["--top", "1", "--no-baselines", "--seeds", "1", "--trials", "2", "--archs", "resnet", "--no-held-out"]
     journal = Journal(run_dir / "retrain.parquet.journal")
+    journal.begin({"version": TRAINER_VERSION})
     done = dict(formula=str(parse(FRONT[0])), arch="resnet", lr=0.1, seed=0, split="val", steps=20,
                 batch_size=128, dataset="synthetic", device="cpu")
     journal.add(key(**done), {"accuracy": 0.99, "reason": None, "seconds": 1.0})
@@ -254,13 +260,15 @@ def test_a_changed_setting_does_not_replay_the_journal(run_dir, capsys, monkeypa
     monkeypatch.setattr(evaluators.trainer, "build_and_train", _recorder(calls))
     assert main(["retrain", str(run_dir), *argv, "--steps", "20"]) == 0   # the first trial replays
     assert len(calls) == 1 + 1 and calls[0]["lr"] != 0.1
+    journal = Journal(run_dir / "retrain.parquet.journal")
+    journal.begin({"version": TRAINER_VERSION})
     journal.add(key(**done), {"accuracy": 0.99, "reason": None, "seconds": 1.0})
     calls.clear()
     assert main(["retrain", str(run_dir), *argv, "--steps", "30"]) == 0   # another budget: trained
     assert len(calls) == 2 + 1 and calls[0]["lr"] == pytest.approx(0.1)
 
 
-# -- the report: versus BN-ReLU beyond two standard errors ------------------------------------
+# -- the report: versus BN-ReLU, paired per seed, Student-t 95% intervals ------------------------------------
 
 def _rows(scores):
     """retrain.parquet-like rows from {layer: {arch: [test accuracies, one per seed]}}."""
@@ -270,20 +278,21 @@ def _rows(scores):
             for seed, acc in enumerate(accs, 1)]
 
 
-def test_versus_flags_only_differences_beyond_two_standard_errors():
+def test_versus_flags_only_paired_intervals_that_exclude_zero():
     from search.analysis.report import versus
 
     rows = _rows({"bn-relu": {"resnet": [0.880, 0.882, 0.884], "plainnet": [0.80, 0.81, 0.82]},
-                  # resnet: +1 point, SE 0.16: beyond; plainnet: +1 point but SE ~1: within
+                  # resnet: +1 point on every seed: beyond; plainnet: -1, +2, +1 points: within
                   "#7": {"resnet": [0.890, 0.892, 0.894], "plainnet": [0.79, 0.83, 0.83]},
                   "#9": {"resnet": [0.850, 0.852, 0.854], "plainnet": [0.81]}})
     got = {(v["layer"], v["arch"]): v for v in versus(rows, ["resnet", "plainnet"])}
     assert got["#7", "resnet"]["verdict"] == "better"
     assert got["#7", "resnet"]["diff"] == pytest.approx(0.01)
-    assert got["#7", "resnet"]["se"] == pytest.approx(math.sqrt(2 * 0.002 ** 2 / 3))
+    assert got["#7", "resnet"]["low"] == pytest.approx(0.01) == got["#7", "resnet"]["high"]
+    assert got["#7", "plainnet"]["diff"] == pytest.approx(0.02 / 3)
     assert got["#7", "plainnet"]["verdict"] == "within"
     assert got["#9", "resnet"]["verdict"] == "worse"
-    assert got["#9", "plainnet"]["verdict"] == "n/a"   # one seed: no standard error
+    assert got["#9", "plainnet"]["verdict"] == "n/a"   # one seed: no interval
     assert ("bn-relu", "resnet") not in got
 
 
@@ -294,10 +303,10 @@ def test_report_puts_held_out_proxies_last_and_says_whether_any_layer_beats_bn_r
     text = report(_rows({"#1": tie, "bn-relu": tie}))
     assert "test plainnet % (held out)" in text
     assert text.index("test resnet %") < text.index("test plainnet %")
-    assert "no layer beats bn-relu beyond 2 standard errors on any proxy" in text
+    assert "no layer beats bn-relu (paired 95% interval above 0) on any proxy" in text
     better = {"resnet": [0.95, 0.96, 0.97], "plainnet": tie["plainnet"]}
     text = report(_rows({"#1": better, "bn-relu": tie}))
-    assert "beyond 2 standard errors above bn-relu: #1 on resnet" in text
+    assert "paired 95% interval above bn-relu: #1 on resnet" in text
 
 
 def test_show_prints_the_retrain_report_of_a_finished_retrain(run_dir, capsys):
@@ -390,7 +399,7 @@ def test_bn_relu_on_the_front_is_the_reference_under_its_front_name():
         r["formula"] = relu if r["layer"] == "#0" else "x"
     text = versus_table(rows, ["resnet"])
     assert text.splitlines()[0].startswith("vs bn-relu (#0)")
-    assert "beyond 2 standard errors above bn-relu (#0): #5 on resnet" in text
+    assert "paired 95% interval above bn-relu (#0): #5 on resnet" in text
     assert "\n#0 " not in text
 
 
@@ -401,7 +410,7 @@ def test_a_sample_mode_report_compares_with_the_batch_free_standards_too():
     rows = _rows({"#1": {"resnet": [0.95, 0.96, 0.97]}, "bn-relu": tie, "gn-relu": tie, "evonorm-s0": tie})
     text = report(rows, "sample")
     for ref in ("bn-relu", "gn-relu", "evonorm-s0"):
-        assert f"beyond 2 standard errors above {ref}: #1 on resnet" in text
+        assert f"paired 95% interval above {ref}: #1 on resnet" in text
     assert "above gn-relu" not in report(rows, "batch")
 
 
@@ -486,6 +495,7 @@ def test_a_transformer_run_retrains_with_its_recipes_references_and_held_out_pos
     path = tmp_path / "run"
     archs = ["vit", "charlm"]
     info = {"config": {"dataset": "synthetic", "archs": archs, "steps": 10}, "seed": 0, "archs": archs,
+            "trainer": TRAINER,
             "objectives": [{"column": f"acc_{a}", "goal": "max"} for a in archs]}
     with RunStore.create(path, info) as store:
         for i, formula in enumerate(["x * sigmoid(x) / channel_rms(x) * gamma", "x / layer_std(x) * gamma"]):

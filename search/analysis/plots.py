@@ -292,8 +292,8 @@ def _funnel_panel(ax, df) -> None:
 
 def _retrain_panel(ax, rows, references) -> None:
     """The retrain's test accuracies, per proxy: each layer's mean over the seeds ± one
-    standard error, the mode's references hollow, so the verdicts `evonorm show` prints
-    (a difference beyond two standard errors) can be seen. Layers far below the best
+    standard error, the mode's references hollow (the verdicts `evonorm show` prints are
+    paired per seed, so they can be sharper than these unpaired bars suggest). Layers far below the best
     (a failed unit at chance) would flatten the rest: they fall below the axes, counted."""
     from search.analysis.report import mean_se, proxies, reference_name
 

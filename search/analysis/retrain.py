@@ -14,8 +14,15 @@ learning rate on the validation split (mean accuracy over the searched proxies).
 starts at the search's own rate (enqueued as the first trial), then samples at random
 for TPE's start-up trials (STARTUP_TRIALS) and only after that models the objective:
 the default of 12 trials leaves the start-up with 7 model-guided trials; fewer than the
-start-up earn a warning (`RetrainPlan.warnings`). The layer is then trained with the
-best rate for several seeds on every proxy and scored on the test set.
+start-up earn a warning (`RetrainPlan.warnings`). The start-up is seeded alike for every
+layer: all layers see the same first rates (a shared grid, which is fair). Where the best
+rate lies in the outer tenth of the range (log scale), the range is widened on that side
+and tuned on (`tune_lr`: x4, WIDEN_TRIALS more trials, at most MAX_WIDENINGS times); a rate
+still at an edge is recorded (`lr_edge`) and marked in the report. Each layer's study is
+kept in `RetrainPlan.studies_path` (DIR/retrain-studies.journal, an Optuna journal; study
+name = layer name; per-proxy validation accuracies, the range and the stage as trial user
+attributes). The layer is then trained with the best rate for several seeds (default 5)
+on every proxy and scored on the test set.
 
 The held-out proxies of the run's families (`plainnet` for CNN proxies, `postvit` for
 Transformer ones; never searched on by default) are trained too, with
@@ -40,16 +47,25 @@ the table is written), so a retrain stopped part-way resumes when planned and ru
 with the same settings. With `workers` > 1 the layers are spread over that many spawned
 processes (one torch thread each); rows still come back in layer order.
 
+The running trainer's fingerprint is recorded in the journal's header and the table's
+schema metadata (key "evonorm"), its version per row (`trainer_version`); a run or a stopped
+retrain's journal from another trainer version is refused unless `allow_trainer_change`
+(search.provenance).
+
 Bad input is an `EvonormError` raised by `plan_retrain`, before any training: a run
-directory (RunDirError), a setting or a dataset (ConfigError), an output (UnwritableError).
+directory (RunDirError), a setting or a dataset (ConfigError), an output (UnwritableError),
+another trainer (TrainerChangeError).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.analysis.report import finite_accs
+from search.analysis.studies import check_storage
+from search.analysis.stats import edge_of, widened
 from search.config import check_training
 from search.errors import ConfigError
 from search.store.files import check_writable_file, write_atomic
@@ -58,7 +74,12 @@ from search.store.journal import Journal, key
 # TPE's random start-up: trials sampled at random before it models the objective
 STARTUP_TRIALS = 5
 DEFAULT_TRIALS = 12
+DEFAULT_SEEDS = 5
 LR_RANGE_AT_128 = (0.02, 0.5)
+# a best rate in the outer tenth of the range (stats.edge_of) widens that side x4 (stats.widened)
+# and tunes on for WIDEN_TRIALS more trials, at most MAX_WIDENINGS times per layer
+WIDEN_TRIALS = 5
+MAX_WIDENINGS = 3
 
 
 @dataclass
@@ -82,14 +103,22 @@ class RetrainPlan:
     workers: int
     output: Path
     data: object = field(default=None, repr=False)   # the dataset, loaded on `device`
+    allow_trainer_change: bool = False  # go on with a journal another trainer wrote (recorded)
 
     @property
     def journal_path(self) -> Path:
         return self.output.with_name(self.output.name + ".journal")
 
     @property
+    def studies_path(self) -> Path:
+        """The lr studies, one per layer (study name = layer name), kept: DIR/retrain-studies.journal
+        beside DIR/retrain.parquet (an Optuna JournalFileStorage; optuna-dashboard opens it)."""
+        return studies_path(self.output)
+
+    @property
     def trainings(self) -> int:
-        """How many trainings the retrain runs (journaled ones included)."""
+        """How many trainings the retrain runs (journaled ones included) when no rate is
+        widened (each widening adds WIDEN_TRIALS trials of the searched proxies)."""
         return len(self.layers) * (len(self.archs) * (self.trials + self.seeds) + len(self.held_out) * self.seeds)
 
     def warnings(self) -> list[str]:
@@ -109,21 +138,23 @@ class RetrainPlan:
         return {"archs": self.archs, "held_out": self.held_out, "steps": self.steps,
                 "batch_size": self.batch_size, "batch_given": self.batch_given, "trials": self.trials, "seeds": self.seeds,
                 "lr_range": self.lr_range, "warm_lr": self.warm_lr, "seed": self.seed, "device": str(self.device),
-                "dataset": self.dataset, "journal": str(self.journal_path)}
+                "dataset": self.dataset, "journal": str(self.journal_path), "studies": str(self.studies_path)}
 
 
-def plan_retrain(run_or_dir, top: int = 3, seeds: int = 3, trials: int = DEFAULT_TRIALS, steps: int | None = None,
+def plan_retrain(run_or_dir, top: int = 3, seeds: int = DEFAULT_SEEDS, trials: int = DEFAULT_TRIALS, steps: int | None = None,
                  batch_size: int | None = None, lr_range: tuple[float, float] | None = None,
                  archs: list[str] | None = None, held_out: bool = True, baselines: bool = True,
                  dataset: str | None = None, data_root: str | None = None, device: str = "auto",
-                 workers: int = 1, output=None) -> RetrainPlan:
+                 workers: int = 1, output=None, allow_trainer_change: bool = False) -> RetrainPlan:
     """The retrain of `run_or_dir` (a Run or its directory), checked and ready: the `top`
     front layers and (unless `baselines` is false) the baselines of the run's mode, `trials`
     lr trials and `seeds` test seeds each on `archs` (default: the run's) and, unless
     `held_out` is false, on the held-out proxies. `steps`, `batch_size`: None follows the
     run (see the module). `dataset`, `data_root`: default the run's. `output`: default
     DIR/retrain.parquet. Loads the dataset onto `device`; trains nothing. Raises an
-    EvonormError for bad input (see the module)."""
+    EvonormError for bad input (see the module); a TrainerChangeError when the run (its
+    front was chosen by its trainer) or a stopped retrain's journal was made by another
+    trainer version than the running one, unless `allow_trainer_change`."""
     from search.store.reader import Run, load_run
 
     if workers < 1:
@@ -141,6 +172,8 @@ def plan_retrain(run_or_dir, top: int = 3, seeds: int = 3, trials: int = DEFAULT
     budget = _budget(run, steps, batch_size, lr_range)
     output = Path(output or run.retrain_path)
     check_writable_file(output)  # before hours of training, not after
+    check_storage(studies_path(output))   # writable, and an Optuna journal when it holds anything
+    _check_trainers(run, output, allow_trainer_change)
     layers = _layers(run, top, baselines)
     if not layers:
         raise ConfigError(f"{run.dir}: nothing to retrain (empty front and --no-baselines)")
@@ -156,9 +189,29 @@ def plan_retrain(run_or_dir, top: int = 3, seeds: int = 3, trials: int = DEFAULT
     dataset = dataset or config.get("dataset", "fashion-mnist")
     plan = RetrainPlan(run=run, layers=layers, archs=archs, held_out=held, trials=trials, seeds=seeds,
                        seed=int(run.info.get("seed") or 0), dataset=dataset, device=device, workers=workers,
-                       output=output, **budget)
+                       output=output, allow_trainer_change=allow_trainer_change, **budget)
     plan.device, plan.data = _load(dataset, device, data_root or config.get("data_root"), [*archs, *held])
     return plan
+
+
+def studies_path(output) -> Path:
+    """The lr studies beside the retrain table `output`: DIR/retrain.parquet -> DIR/retrain-studies.journal."""
+    output = Path(output)
+    return output.with_name(output.stem + "-studies.journal")
+
+
+def _check_trainers(run, output, allow: bool) -> None:
+    """The run's trainer (a run that trained: its front was chosen by it) and a stopped
+    retrain's (its journal header) against the running one (search.provenance)."""
+    from search import provenance
+
+    command = f"evonorm retrain {run.dir}"
+    config = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
+    if config.get("evaluator", "train") == "train":
+        provenance.check(provenance.run_trainer_version(run.info), run.dir / "run.json", allow, command)
+    journal = Journal(output.with_name(output.name + ".journal")).load()
+    if journal.done:
+        provenance.check(journal.trainer_version(), journal.path, allow, command)
 
 
 def _budget(run, steps, batch_size, lr_range) -> dict:
@@ -243,7 +296,13 @@ def retrain(plan: RetrainPlan, progress=None) -> list[dict]:
     gaps, the table written to `plan.output` and the journal removed. `progress(text)` is
     called after every training (`plan.trainings` calls in all). Returns the rows, in layer
     order. On Ctrl-C (KeyboardInterrupt) the finished trainings stay in the journal."""
-    Journal(plan.journal_path).load()      # mends a line torn by a crash before workers append
+    from search import provenance
+
+    journal = Journal(plan.journal_path).load()   # mends a line torn by a crash before workers append
+    if journal.done:
+        provenance.check(journal.trainer_version(), journal.path, plan.allow_trainer_change,
+                         f"evonorm retrain {plan.run.dir}")
+    journal.begin(provenance.fingerprint())       # the header: which trainer the entries after it are
     done = progress or (lambda text: None)
     job = plan.job()
     if plan.workers == 1:
@@ -251,23 +310,100 @@ def retrain(plan: RetrainPlan, progress=None) -> list[dict]:
     else:
         rows = _in_processes(plan.layers, plan.data, job, plan.workers, done)
     _add_transfer_gaps(rows, plan.held_out)
-    _write(plan.output, rows)
+    _write(plan.output, rows, {"trainer": provenance.fingerprint(), "run_trainer": plan.run.info.get("trainer"),
+                               "run_trainer_changes": plan.run.info.get("trainer_changes"),
+                               "journal_trainers": journal.headers, "studies": plan.studies_path.name})
     Journal(plan.journal_path).remove()
     return rows
 
 
-def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
-    """One layer: an Optuna TPE study of the learning rate on the validation split
-    (mean over the searched proxies; the search's rate first), then `seeds` test-set
-    trainings per proxy, held-out ones included, at the best rate. `done(text)` is
-    called after every training."""
+@dataclass
+class Tuning:
+    """The outcome of `tune_lr`: the best rate and its value, the range it was last tuned on,
+    how often that range was widened, and the edge ("low", "high") the best still sits at
+    (None: inside)."""
+
+    lr: float
+    value: float
+    low: float
+    high: float
+    widenings: int
+    edge: str | None
+    trials: int
+
+
+def tune_lr(objective, low: float, high: float, trials: int, seed: int, warm: float | None = None, *,
+            study=None, widen_trials: int = WIDEN_TRIALS, max_widenings: int = MAX_WIDENINGS) -> Tuning:
+    """Tune a rate on the log range [low, high] with Optuna's TPE: `trials` trials (the first
+    at `warm` when given, TPE's STARTUP_TRIALS seeded random start-up, the same rates for every
+    objective, then model-guided ones), then, while the best rate lies in the outer tenth of the
+    range on the log scale (`stats.edge_of`), widen that side x4 (`stats.widened`) and run
+    `widen_trials` more, the first at the middle (log scale) of the new stretch; at most
+    `max_widenings` times. `objective(lr)` returns the value to maximise, or (value, {name: user
+    attribute}). `study`: an Optuna study to record the trials in (default: a new one in
+    memory, seeded); each trial carries its `range` [low, high] and `stage` (widenings before
+    it) as user attributes. Seeded and deterministic: the same values give the same rates."""
     import optuna
 
-    from evaluators.evaluate import refusal
-    from evaluators.trainer import build_and_train
-    from primitives import compile_layer, parse
+    if study is None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+    bounds, stage = [low, high], [0]
+
+    def run(trial):
+        lr = trial.suggest_float("lr", bounds[0], bounds[1], log=True)
+        trial.set_user_attr("range", list(bounds))
+        trial.set_user_attr("stage", stage[0])
+        out = objective(lr)
+        value, attrs = out if isinstance(out, tuple) else (out, {})
+        for name, v in attrs.items():
+            trial.set_user_attr(name, v)
+        return value
+
+    if warm is not None:
+        study.enqueue_trial({"lr": warm})
+    study.optimize(run, n_trials=trials)
+    edge = edge_of(study.best_params["lr"], *bounds)
+    while edge is not None and stage[0] < max_widenings:
+        old = tuple(bounds)
+        bounds[:] = widened(*old, edge)
+        new_end = bounds[0] if edge == "low" else bounds[1]
+        stage[0] += 1
+        study.enqueue_trial({"lr": math.sqrt(new_end * (old[0] if edge == "low" else old[1]))})
+        study.optimize(run, n_trials=widen_trials)
+        edge = edge_of(study.best_params["lr"], *bounds)
+    return Tuning(lr=study.best_params["lr"], value=study.best_value, low=bounds[0], high=bounds[1],
+                  widenings=stage[0], edge=edge, trials=len(study.trials))
+
+
+def layer_study(storage_path, name: str, seed: int, attrs: dict):
+    """A fresh study `name` (a layer's) in the Optuna journal file `storage_path`, replacing one
+    a stopped retrain left there (its trials are replayed from the training journal, so the
+    seeded sampler proposes the same rates again); `attrs` become its user attributes."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    if name in optuna.study.get_all_study_names(storage=storage):
+        optuna.delete_study(study_name=name, storage=storage)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler)
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    return study
+
+
+def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
+    """One layer: its lr tuned on the validation split (mean over the searched proxies; the
+    search's rate first; `tune_lr`, widening a range whose best sits at an edge) in an Optuna
+    study kept in job["studies"], then `seeds` test-set trainings per proxy, held-out ones
+    included, at the best rate. `done(text)` is called after every training."""
+    from evaluators.evaluate import refusal
+    from evaluators.trainer import TRAINER_VERSION, build_and_train
+    from primitives import compile_layer, parse
+
     graph = parse(layer["formula"])
 
     def factory(channels):
@@ -289,21 +425,28 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
             data = dataset.for_arch(arch) if hasattr(dataset, "for_arch") else dataset
             trained = build_and_train(arch, factory, data, config, job["device"], split=split)
             result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
-                      "seconds": time.perf_counter() - start}
+                      "seconds": time.perf_counter() - start, "trainer_version": TRAINER_VERSION}
             journal.add(k, result)
         done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
         return result
 
-    def objective(trial):
-        lr = trial.suggest_float("lr", *job["lr_range"], log=True)
-        accs = [train(arch, lr, job["seed"], "val")["accuracy"] for arch in job["archs"]]
-        return float(sum(a or 0.0 for a in accs) / len(accs))  # a failed training scores 0
+    def objective(lr):
+        results = [train(arch, lr, job["seed"], "val") for arch in job["archs"]]
+        accs = [r["accuracy"] for r in results]
+        attrs = {f"val_{arch}": a for arch, a in zip(job["archs"], accs)}
+        attrs["trainer_versions"] = sorted({r.get("trainer_version") for r in results}, key=str)
+        return float(sum(a or 0.0 for a in accs) / len(accs)), attrs  # a failed training scores 0
 
-    sampler = optuna.samplers.TPESampler(seed=job["seed"], n_startup_trials=STARTUP_TRIALS)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.enqueue_trial({"lr": job["warm_lr"]})
-    study.optimize(objective, n_trials=job["trials"])
-    lr = study.best_params["lr"]
+    study = layer_study(job["studies"], layer["name"], job["seed"],
+                        {"formula": layer["formula"], "source": layer["source"],
+                         "candidate_id": layer["candidate_id"], "archs": job["archs"], "steps": job["steps"],
+                         "first_range": list(job["lr_range"]), "warm_lr": job["warm_lr"],
+                         "trainer_version": TRAINER_VERSION})
+    tuned = tune_lr(objective, *job["lr_range"], job["trials"], job["seed"], job["warm_lr"], study=study)
+    study.set_user_attr("final_range", [tuned.low, tuned.high])
+    study.set_user_attr("widenings", tuned.widenings)
+    study.set_user_attr("edge", tuned.edge)
+    lr = tuned.lr
     rows = []
     for s in range(job["seeds"]):
         for arch in [*job["archs"], *job["held_out"]]:
@@ -313,8 +456,10 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
                          "arch": arch, "held_out": arch in job["held_out"], "seed": job["seed"] + 1 + s,
                          "lr": lr, "steps": job["steps"],
                          "batch_size": _train_config(arch, lr, job["seed"], job).batch_size,
-                         "val_acc_tuned": study.best_value, "test_acc": result["accuracy"],
-                         "reason": result["reason"], "note": result.get("note"), "seconds": result["seconds"]})
+                         "val_acc_tuned": tuned.value, "test_acc": result["accuracy"],
+                         "reason": result["reason"], "note": result.get("note"), "seconds": result["seconds"],
+                         "lr_low": tuned.low, "lr_high": tuned.high, "lr_edge": tuned.edge,
+                         "widenings": tuned.widenings, "trainer_version": result.get("trainer_version")})
     return rows
 
 
@@ -384,7 +529,10 @@ def _in_processes(layers, dataset, job, workers, done) -> list[dict]:
             pool.join()
 
 
-def _write(path, rows):
+def _write(path, rows, metadata: dict | None = None):
+    """The table, with `metadata` (JSON values) under the schema metadata key "evonorm"."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -393,7 +541,11 @@ def _write(path, rows):
                         ("seed", pa.int64()), ("lr", pa.float64()), ("steps", pa.int64()),
                         ("batch_size", pa.int64()), ("val_acc_tuned", pa.float64()),
                         ("test_acc", pa.float64()), ("transfer_gap", pa.float64()), ("reason", pa.string()),
-                        ("note", pa.string()), ("seconds", pa.float64())])
+                        ("note", pa.string()), ("seconds", pa.float64()), ("lr_low", pa.float64()),
+                        ("lr_high", pa.float64()), ("lr_edge", pa.string()), ("widenings", pa.int64()),
+                        ("trainer_version", pa.int64())])
+    if metadata is not None:
+        schema = schema.with_metadata({"evonorm": json.dumps(metadata, default=str)})
     table = pa.Table.from_pylist(rows, schema=schema)
     write_atomic(path, lambda f: pq.write_table(table, f))
 

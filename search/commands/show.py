@@ -1,6 +1,7 @@
 """`evonorm show DIR ID`: one candidate: formula, status, scores, timings and its lineage.
 `evonorm show DIR`: the run's accounting (judged per worker-hour, trainings saved), see
-`search.analysis.accounting`, and the retrain's report when DIR/retrain.parquet exists."""
+`search.analysis.accounting`, and the retrain's report when DIR/retrain.parquet exists;
+`--trials` adds every layer's lr trials, read back from DIR/retrain-studies.journal."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,10 @@ def add_arguments(parser):
     parser.add_argument("--retrain", metavar="FILE", default=None,
                         help="without ID: the retrain table to report (default DIR/retrain.parquet; "
                              "one written with `retrain -o FILE`)")
+    parser.add_argument("--trials", action="store_true",
+                        help="without ID: also each retrained layer's lr trials (rate, validation accuracies, "
+                             "the range it was drawn from), from the Optuna studies kept beside the retrain "
+                             "table (DIR/retrain-studies.journal; optuna-dashboard opens it too)")
 
 
 def _present(v) -> bool:
@@ -124,8 +129,8 @@ def run(args) -> int:
 
     if args.id is None:
         return _accounting(args)
-    if args.retrain is not None:
-        raise UsageError("--retrain reports a retrain table: leave out ID")
+    if args.retrain is not None or args.trials:
+        raise UsageError(f"{'--retrain' if args.retrain is not None else '--trials'} reports a retrain: leave out ID")
     image = image_output(args.graph)[0] if args.graph is not None else None
     run = load_run(args.run_dir)
     lines = describe(run, args.id)
@@ -151,6 +156,15 @@ def _accounting(args) -> int:
         from search.analysis.report import report
 
         print(f"\nretrain ({args.retrain or run.retrain_path})\n" + report(rows, run.mode))
+    if args.trials:
+        from search.analysis.report import trials_table
+        from search.analysis.retrain import studies_path
+
+        studies = studies_path(args.retrain or run.retrain_path)
+        if not studies.is_file():
+            raise UsageError(f"--trials: no lr studies at {studies} (no retrain finished there, or one from "
+                             "before the studies were kept)")
+        print(f"\nlr trials ({studies})\n" + trials_table(studies))
     return 0
 
 

@@ -116,6 +116,13 @@ class RunStore:
         (run_dir / CANDIDATES).mkdir(exist_ok=True)
         return cls(run_dir, info, _history=history, **kwargs)
 
+    def update_info(self, changes: dict) -> None:
+        """Set top-level keys of run.json (rewritten atomically) and of `info`."""
+        info = {**self.info, **changes}
+        text = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+        _write_atomic(self.dir / RUN_JSON, lambda f: f.write(text.encode("utf-8")))
+        self.info = json.loads(text)
+
     # -- writing -----------------------------------------------------------------------------------
     def append(self, record: dict) -> int:
         """Buffer one record (its id, or the next id when it has none); returns the id.

@@ -286,10 +286,27 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
         if result is None:
             start = time.perf_counter()
             config = _train_config(arch, lr, run_seed, job)
-            data = dataset.for_arch(arch) if hasattr(dataset, "for_arch") else dataset
-            trained = build_and_train(arch, factory, data, config, job["device"], split=split)
-            result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
-                      "seconds": time.perf_counter() - start}
+            # the cross-run training cache (evaluators.cache), shared with search and eval
+            from evaluators.cache import TrainingCache, enabled, training_key
+            from evaluators.proxies import data_of
+            cache = TrainingCache() if enabled() else None
+            ckey = training_key(graph_hash=graph.hash, arch=arch, split=split, stop_at=config.steps,
+                                data=job["dataset"] if data_of(arch) == "images" else data_of(arch),
+                                config=config, device=job["device"]) if cache else None
+            hit = cache.get(ckey) if cache else None
+            if hit is not None:
+                result = {"accuracy": hit.get("accuracy"), "reason": hit.get("reason"), "note": hit.get("note"),
+                          "seconds": time.perf_counter() - start, "cached": True}
+            else:
+                data = dataset.for_arch(arch) if hasattr(dataset, "for_arch") else dataset
+                trained = build_and_train(arch, factory, data, config, job["device"], split=split)
+                result = {"accuracy": trained.accuracy, "reason": trained.reason, "note": trained.note,
+                          "seconds": time.perf_counter() - start}
+                if cache and (trained.reason is None or trained.reason.startswith("non-finite")):
+                    cache.put(ckey, {"accuracy": trained.accuracy, "final_loss": trained.final_loss,
+                                     "steps_done": trained.steps_done, "seconds": trained.seconds,
+                                     "reason": trained.reason, "note": trained.note,
+                                     "losses": [float(v) for v in trained.losses]})
             journal.add(k, result)
         done(f"{layer['name']} {arch} lr={lr:.3g} {split}")
         return result

@@ -210,8 +210,9 @@ class SearchConfig:
     proposal_children: int = setting(4, "children proposed per trained one with --predicted-proposals "
                                         "(default 4)", least=1)
     predictor_z: float = setting(1.0, "standard deviations above the predicted mean that make a candidate's "
-                                      "optimistic point (default 1: in the replay on the stored runs the "
-                                      "largest that stopped no front member, docs/predictor.md)")
+                                      "optimistic point (default 1: of the z tried in the replay on the "
+                                      "stored runs, 1, 2 and 3, the one that stopped the most, and it stopped "
+                                      "no front member there; docs/predictor.md)")
     cache: bool = setting(True, flags=(("--no-cache", False, "train everything afresh: neither read nor "
                                                              "write the cross-run training cache (default: "
                                                              "$EVONORM_CACHE/trainings or "

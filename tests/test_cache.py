@@ -134,3 +134,18 @@ def test_no_cache_is_a_search_flag():
     from search.config import build_config
     assert build_config().eval_config().cache is True
     assert build_config(overrides={"cache": False}).eval_config().cache is False
+
+
+def test_transformer_proxies_record_loss_curves_and_use_the_cache(cache_on):
+    """vit and charlm (a layer that keeps tokens apart): a curve per proxy, and a second
+    evaluation reads both trainings from the cache (the text proxy's key names its data)."""
+    config = dict(dataset="synthetic", archs=("vit", "charlm"), steps=3, quality_steps=1, batch_size=4,
+                  quality_threshold=0.0)
+    g = parse(REFERENCE_LAYERS["layernorm"]).to_json()
+    first = Evaluator(EvalConfig(**config)).train(g)
+    assert first["status"] == "ok", first["reason"]
+    assert {a: len(c) for a, c in first["loss_curves"].items()} == {"vit": 3, "charlm": 3}
+    second = Evaluator(EvalConfig(**config)).train(g)
+    assert second["cached"] is True and second["loss_curves"] == first["loss_curves"]
+    keys = [json.loads(p.read_text())["key"] for p in cache_on.rglob("*.json")]
+    assert {k["data"] for k in keys} == {"synthetic", "text"}

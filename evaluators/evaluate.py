@@ -105,6 +105,9 @@ class EvalConfig:
     stability_threshold: float = 1e4
     compile: str | bool = "auto"
     device: str = "auto"
+    # the cross-run training cache (evaluators.cache): read a training someone trained before
+    # instead of repeating it, and store every new one; False (--no-cache): neither
+    cache: bool = True
 
     def __post_init__(self):
         self.archs = tuple(self.archs)
@@ -232,6 +235,8 @@ class Evaluator:
                 for arch in self.config.archs:
                     self.data.for_arch(arch)
         self.quality = Quality(self.config.quality_threshold)
+        from .cache import TrainingCache, enabled
+        self.cache = TrainingCache() if getattr(self.config, "cache", False) and enabled() else None
 
     @property
     def dataset(self):
@@ -268,11 +273,15 @@ class Evaluator:
         archs = self.config.archs
         graph_json, until, state, seed = _task(task, self.config.steps)
         record = {"status": "ok", "reason": None, **{f"acc_{a}": None for a in archs},
-                  "steps_trained": until, "seconds": 0.0, "stage_seconds": {}}
+                  "steps_trained": until, "seconds": 0.0, "stage_seconds": {}, "loss_curves": {}}
         stages = record["stage_seconds"]
+        self._trainings = []      # every training behind the record: True where it came from the cache
 
         def finish():
             record["seconds"] = time.perf_counter() - start
+            done = getattr(self, "_trainings", None) or []
+            record["cached"] = all(done) if done else None
+            self._trainings = None
             return record
 
         try:
@@ -286,7 +295,7 @@ class Evaluator:
             return finish()
         states = _load_states(state, self.device) if state else {}
         first = None
-        if not states:
+        if not state:             # the first rung (a later one's checkpoint may hold no state: cached)
             first = self._quality(graph, record, until, states, stop_on_low_quality, progress, seed)
             if first is None:
                 return finish()
@@ -297,14 +306,15 @@ class Evaluator:
             else:
                 result = self._run(graph, arch, until, progress, states.get(arch), seed)
                 stages[arch] = stages.get(arch, 0.0) + _seconds(result)
+            record["loss_curves"][arch] = loss_curve(getattr(result, "losses", None), self.config.steps)
             failure = _failure(result)
             if failure:
                 record.update(status="failed", reason=f"{arch}: {failure}")
                 return finish()
             record[f"acc_{arch}"] = _accuracy(result)
-            if until < self.config.steps:
+            if until < self.config.steps and result.state is not None:
                 checkpoint[arch] = result.state
-        if checkpoint:
+        if until < self.config.steps:   # what a proxy from the cache lacks, the next rung trains afresh
             record["checkpoint"] = _dump_states(checkpoint)
         return finish()
 
@@ -317,6 +327,7 @@ class Evaluator:
         steps = min(self.config.quality_steps, until)
         result = self._run(graph, arch, steps, progress, None, seed)
         record["stage_seconds"]["quality"] = _seconds(result)
+        record["loss_curves"][arch] = loss_curve(getattr(result, "losses", None), self.config.steps)
         failure = _failure(result)
         if failure:
             record.update(status="failed", reason=f"{arch}: {failure}")
@@ -331,11 +342,59 @@ class Evaluator:
         return result
 
     def _run(self, graph, arch, until, progress=None, resume=None, seed=None):
-        """archs' training on the full budget's schedule, halted at step `until`."""
-        try:
-            return self.train_arch(graph, arch, None, progress, until, resume, seed)
-        except Exception as err:  # the trainer promises not to raise; be safe anyway
-            return _Failed(f"training raised {type(err).__name__}: {err}")
+        """archs' training on the full budget's schedule, halted at step `until`: from the
+        training cache when it holds it (a result with `cached` True and no state), else
+        trained (from `resume`, or from the start) and stored there."""
+        from .cache import through_cache
+
+        def train():
+            try:
+                return self.train_arch(graph, arch, None, progress, until, resume, seed)
+            except Exception as err:  # the trainer promises not to raise; be safe anyway
+                return _Failed(f"training raised {type(err).__name__}: {err}")
+
+        key = self.cache_key(graph, arch, until, seed) if self.cache is not None else None
+        result = through_cache(self.cache, key, train)
+        self._count(bool(getattr(result, "cached", False)))
+        return result
+
+    def _count(self, cached: bool) -> None:
+        trainings = getattr(self, "_trainings", None)
+        if trainings is not None:
+            trainings.append(cached)
+
+    def cache_key(self, graph, arch: str, until: int, seed: int | None = None, split: str = "val") -> dict:
+        """The training cache's key of archs' training of `graph`, halted at step `until`."""
+        from .cache import training_key
+        from .proxies import data_of
+        data = data_of(arch)
+        return training_key(graph_hash=graph.hash, arch=arch, data=self.config.dataset if data == "images" else data,
+                            split=split, stop_at=until, config=self.config.train_config(None, seed, arch),
+                            device=self.device)
+
+
+# a loss curve's points: the mean training loss over each 1/CURVE_POINTS of the full budget
+CURVE_POINTS = 30
+
+
+def loss_curve(losses, total: int, points: int = CURVE_POINTS) -> list:
+    """A training's loss curve for the record (`loss_curves`): the mean of `losses` (one per
+    step, from step 0) over each 1/`points` of the `total` steps of the full budget, for the
+    segments complete so far, so that a rung's curve is a prefix of the full training's (and
+    every candidate's curve at a rung has the same points). A segment with a non-finite loss
+    is None; 5 significant digits."""
+    losses = list(losses or [])
+    out = []
+    for i in range(points):
+        lo, hi = (i * total) // points, ((i + 1) * total) // points
+        if hi > len(losses):
+            break
+        if hi <= lo:
+            continue
+        chunk = losses[lo:hi]
+        mean = sum(chunk) / len(chunk)
+        out.append(float(f"{mean:.5g}") if math.isfinite(mean) else None)
+    return out
 
 
 def _kind(dataset) -> str:

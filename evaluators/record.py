@@ -57,6 +57,11 @@ FIELDS = (
     Field("steps_trained", "int64", "training steps per proxy behind the acc_<arch> scores"),
     Field("rung_scores", "json", "the scores at each progressive hurdle it reached"),
     Field("seed_scores", "json", "each seed's scores of a candidate confirmed on a second seed"),
+    Field("loss_curves", "json", "per proxy, the training loss behind its acc_<arch> score: the mean over "
+          "each 1/30 of the full budget's steps, the complete thirtieths so far (a rung's curve is a prefix "
+          "of the full one)"),
+    Field("cached", "bool", "true when every training behind the record came from the cross-run training "
+          "cache (its seconds are then the time the lookups took); null when nothing was trained"),
 )
 
 # the fields a screen's verdict fills in, besides the graph's (Screen.check, SurrogateScreen.check)

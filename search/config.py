@@ -196,6 +196,27 @@ class SearchConfig:
         ("--confirm", True, "train a candidate that would enter the Pareto front on a second seed and record "
                             "the mean of the two (default)"),
         ("--no-confirm", False, "enter the front on one seed's scores")))
+    predicted_hurdles: bool = setting(False, flags=(
+        ("--predicted-hurdles", True, "judge a candidate at a rung by its predicted full scores (a model fitted "
+                                      "on the run's own full trainings, docs/predictor.md): stop it only when "
+                                      "the front dominates even its optimistic prediction; the raw hurdle "
+                                      "decides until 12 full trainings"),
+        ("--no-predicted-hurdles", False, "the raw rung-score hurdle only (default)")))
+    predicted_proposals: bool = setting(False, flags=(
+        ("--predicted-proposals", True, "propose --proposal-children children per free worker and train the "
+                                        "one whose optimistic predicted scores add the most hypervolume to the "
+                                        "front (docs/predictor.md)"),
+        ("--no-predicted-proposals", False, "train every proposal (default)")))
+    proposal_children: int = setting(4, "children proposed per trained one with --predicted-proposals "
+                                        "(default 4)", least=1)
+    predictor_z: float = setting(1.0, "standard deviations above the predicted mean that make a candidate's "
+                                      "optimistic point (default 1: of the z tried in the replay on the "
+                                      "stored runs, 1, 2 and 3, the one that stopped the most, and it stopped "
+                                      "no front member there; docs/predictor.md)")
+    cache: bool = setting(True, flags=(("--no-cache", False, "train everything afresh: neither read nor "
+                                                             "write the cross-run training cache (default: "
+                                                             "$EVONORM_CACHE/trainings or "
+                                                             "~/.cache/evonorm/trainings)"),))
     rungs: tuple[float, ...] = setting((0.34, 1.0), "where the hurdles stand, as fractions of the steps "
                                                     "(default 0.34 1.0)", metavar="FRACTION")
     cost: bool = setting(False, flags=(("--cost", True, "add parameters per channel (minimised) to the "
@@ -251,6 +272,8 @@ class SearchConfig:
         candidate costs what a default one does, protocol 5 at the same share, the lr scaled."""
         d = dict(self.eval)
         d.update(dataset=self.dataset, data_root=self.data_root, archs=list(self.archs), seed=self.seed)
+        if not self.cache:
+            d["cache"] = False
         for key in ("steps", "batch_size", "lr"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+# The cross-run training cache (evaluators/cache.py) is off in tests, so that no test reads
+# another's (or a user's) trainings; tests of the cache point EVONORM_CACHE at a folder of their own.
+os.environ["EVONORM_CACHE"] = "off"
 
 FORMULAS = [
     "relu((x - batch_mean(x)) / batch_std(x) * gamma + beta)",

@@ -57,3 +57,16 @@ def test_show_without_an_id_prints_the_runs_accounting(capsys, small_run):
     assert f"{acc.records} records in {acc.worker_hours:.2f} worker-hours" in out
     assert main(["show", str(small_run), "--graph", "g.png"]) == 2
     assert "give its ID" in capsys.readouterr().err
+
+
+def test_cached_records_count_apart_from_the_unit_and_the_savings():
+    """Records from the training cache cost their lookups' seconds in the worker-hours but are
+    neither in the median full training nor trainings saved by a hurdle."""
+    df = rows(("ok", 100.0, None), ("ok", 120.0, None), ("ok", 140.0, None),
+              ("ok", 0.5, None), ("stopped", 0.2, None), ("stopped", 40.0, None))
+    df["cached"] = [None, False, None, True, True, None]
+    acc = account(df)
+    assert acc.cached == 2 and acc.training_seconds == 120.0
+    assert acc.saved == pytest.approx({"stopped": 1 - 40 / 120})
+    assert acc.worker_hours == pytest.approx(400.7 / 3600)
+    assert any("from the training cache" in line for line in acc.lines())

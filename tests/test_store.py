@@ -27,7 +27,7 @@ EXPECTED_SCHEMA = {
     "inference_degree": pa.int64(), "he_depth": pa.int64(),
     "seconds": pa.float64(), "worker": pa.string(), "created_at": pa.timestamp("us", tz="UTC"),
     "mutation": pa.string(), "stage_seconds": pa.string(), "steps_trained": pa.int64(),
-    "rung_scores": pa.string(), "seed_scores": pa.string(),
+    "rung_scores": pa.string(), "seed_scores": pa.string(), "loss_curves": pa.string(), "cached": pa.bool_(),
 }
 
 

@@ -9,6 +9,12 @@ full training (the first seed, every proxy): the median worker-seconds of the ru
 own seconds in the same unit. Worker-hours are the records' `seconds` summed, so time a
 worker spent idle, or the driver spent proposing, is not counted.
 
+Records read from the cross-run training cache (`cached` true: every training behind
+them came from an earlier run) cost what the lookups took, and their `seconds` stay that
+real time in the worker-hours; but they are neither in the unit's median (a lookup is not
+a training) nor counted as trainings saved by a protocol or a hurdle (the cache saved
+them): they are counted apart, `cached`.
+
 Torch-free: it reads the run's records only (`evonorm show DIR` prints it).
 """
 from __future__ import annotations
@@ -31,6 +37,7 @@ class Accounting:
     training_seconds: float | None = None     # one full training: the unit of `saved`
     saved: dict[str, float] = field(default_factory=dict)   # status -> full trainings saved
     confirm_cost: float = 0.0                 # full trainings spent on second seeds
+    cached: int = 0                           # records whose every training came from the cache
 
     @property
     def judged_per_worker_hour(self) -> float | None:
@@ -41,6 +48,9 @@ class Accounting:
         out = [f"{self.records} records in {self.worker_hours:.2f} worker-hours"
                + (f" ({rate:.1f} judged per worker-hour)" if rate is not None else ""),
                "  " + ", ".join(f"{s} {n}" for s, n in self.counts.items() if n)]
+        if self.cached:
+            out.append(f"  {self.cached} from the training cache (trained in an earlier run; their seconds "
+                       f"are the lookups')")
         if self.training_seconds is None:
             out.append("  trainings saved: unknown (no full training recorded yet)")
             return out
@@ -74,6 +84,10 @@ def account(candidates) -> Accounting:
     seconds = [_seconds(r.get("seconds")) for r in rows]
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     acc = Accounting(records=len(rows), worker_hours=sum(seconds) / 3600, counts=counts)
+    cached = [not is_missing(r.get("cached")) and bool(r.get("cached")) for r in rows]
+    acc.cached = sum(cached)
+    rows = [r for r, c in zip(rows, cached) if not c]
+    seconds = [s for s, c in zip(seconds, cached) if not c]
     ok = [(r, s) for r, s in zip(rows, seconds) if r["status"] == "ok"]
     confirms = [_stage(r.get("stage_seconds"), "confirm") for r, _ in ok]
     firsts = [s - c for (_, s), c in zip(ok, confirms) if s - c > 0]

@@ -30,6 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     add_training_flags(parser, ("device",))
     parser.add_argument("--no-baselines", action="store_true", help="train only the given layer")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="train afresh: neither read nor write the cross-run training cache")
 
 
 def run(args) -> int:
@@ -71,7 +73,8 @@ def _config(args):
         raise UsageError(f"unknown dataset {args.dataset!r} (expected one of: {', '.join(DATASET_NAMES)})")
     try:
         config = EvalConfig(dataset=args.dataset, data_root=args.data_root, archs=archs, seed=args.seed,
-                            device=args.device, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+                            device=args.device, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            cache=getattr(args, "cache", True))
         # protocol 5 is judged on the first proxy's full training: no extra short run
         config.quality_steps = config.steps
         return config, resolve_device(config.device)

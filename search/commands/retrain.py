@@ -10,6 +10,7 @@ retrain recorded by another trainer version is refused unless --allow-trainer-ch
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from search.analysis.retrain import DEFAULT_SEEDS, DEFAULT_TRIALS, MAX_WIDENINGS, STARTUP_TRIALS, WIDEN_TRIALS
@@ -44,6 +45,8 @@ def add_arguments(parser):
     add_training_flags(parser, ("device",))
     parser.add_argument("-o", "--output", default=None,
                         help="parquet file of the trainings (default: DIR/retrain.parquet)")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="train afresh: neither read nor write the cross-run training cache")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes training layers side by side, one torch thread each (default 1: this "
                              "process, torch's threads)")
@@ -57,6 +60,9 @@ def run(args) -> int:
 
     from search.analysis.report import report
     from search.analysis.retrain import plan_retrain, retrain
+
+    if not getattr(args, "cache", True):   # this process and its worker processes
+        os.environ["EVONORM_CACHE"] = "off"
 
     plan = plan_retrain(args.run_dir, top=args.top, seeds=args.seeds, trials=args.trials, steps=args.steps,
                         batch_size=args.batch_size, lr_range=args.lr_range, archs=args.archs,

@@ -37,6 +37,8 @@ import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
+import numpy as np
+
 from primitives import Graph, GraphError, parse
 
 from search.engine.hurdles import Hurdles
@@ -99,6 +101,12 @@ class Driver:
         self.hurdles = Hurdles(len(self.rung_steps), config.hurdle_share, config.hurdle_window)
         self.rung: dict[int, int] = {}        # pending id -> the rung it is training towards
         self.confirming: set[int] = set()     # pending ids training on their second seed
+        # predictors fitted on the run's own records (search.engine.predictor; silent at first)
+        from search.engine.predictor import FullScorePredictor, ProposalPredictor
+        self.predictor = (FullScorePredictor(self.archs, self.rung_steps, self.rung_steps[-1])
+                          if getattr(config, "predicted_hurdles", False) and len(self.rung_steps) > 1 else None)
+        self.proposer = ProposalPredictor(self.archs) if getattr(config, "predicted_proposals", False) else None
+        self.z = float(getattr(config, "predictor_z", 1.0))
         self.progress, self.progress_seconds, self.on_record = progress, progress_seconds, on_record
         self.started = time.monotonic()
         self.stopping = False                 # set by stop(): end run() at its next turn
@@ -113,6 +121,7 @@ class Driver:
         from where they stopped."""
         ok = []
         for r in records:
+            self._learn(r)
             self._remember_rungs(r)
             self.screen.remember(r)
             accs = {k: r.get(k) for k in self.acc_keys}
@@ -134,6 +143,17 @@ class Driver:
                 self._confirm(cid)
             else:
                 self._submit(cid, rung, state)
+
+    def _learn(self, record) -> None:
+        """Give the predictors a recorded candidate (they keep `ok` ones with full scores)."""
+        if record.get("status") != "ok":
+            return
+        if self.predictor is not None:
+            self.predictor.add(record)
+        if self.proposer is not None:
+            parent = _num(record.get("parent_id"))
+            known = self.scores.get(int(parent)) if parent is not None else None
+            self.proposer.add(record, [_num(known.get(k)) for k in self.acc_keys] if known else None)
 
     def _remember_rungs(self, record) -> None:
         rungs = record.get("rung_scores")
@@ -188,6 +208,8 @@ class Driver:
                 parent_id = parent.id
             except GraphError:          # a parent with no valid mutation in reach: start afresh
                 graph = self.mode.random_graph(rng)
+            if parent_id is not None and self.proposer is not None and self.proposer.ready():
+                graph, mutation, parent_id = self._best_child(rng, (graph, mutation, parent_id))
         start = time.perf_counter()
         check = self.screen.check(graph, cid)
         screen_seconds = time.perf_counter() - start
@@ -212,6 +234,57 @@ class Driver:
                 self._write(record)
         else:
             self._write(record)
+
+    def _best_child(self, rng, first):
+        """Of `first` and `proposal_children - 1` more children (each of its own tournament,
+        all from the candidate's rng, so a resumed run proposes the same), the one whose
+        optimistic predicted point (mean + z sd per proxy) adds the most hypervolume to the
+        current front; a child the screen has seen comes last; ties keep the earliest."""
+        from search.engine.predictor import optimistic_gain
+        children = [first]
+        for _ in range(int(self.config.proposal_children) - 1):
+            parent = tournament(self.population, self.config.tournament, self.goals, rng)
+            try:
+                graph, mutation = mutate(parent.graph, rng, self.mode)
+            except GraphError:
+                continue
+            children.append((graph, mutation, parent.id))
+        if len(children) == 1:
+            return first
+        points = []
+        for graph, _, pid in children:
+            known = self.scores.get(pid) or {}
+            mu, sd = self.proposer.predict(graph, [_num(known.get(k)) for k in self.acc_keys])
+            points.append(self._objective_point(mu + self.z * sd, graph))
+        pool = np.asarray(self.front + points, dtype=float)
+        reference = [float(np.nanmin(pool[:, j])) - 0.01 if g == "max" else float(np.nanmax(pool[:, j])) + 1.0
+                     for j, g in enumerate(self.goals)]
+        best, best_score = 0, None
+        for i, ((graph, _, _), point) in enumerate(zip(children, points)):
+            score = (not self._seen(graph), optimistic_gain(self.front, point, self.goals, reference),
+                     float(np.sum(point[:len(self.acc_keys)])))
+            if best_score is None or score > best_score:
+                best, best_score = i, score
+        return children[best]
+
+    def _seen(self, graph) -> bool:
+        duplicate = getattr(self.screen, "duplicate", None)
+        if duplicate is not None:
+            return duplicate.key(graph) in duplicate.seen
+        return graph.hash in getattr(self.screen, "hashes", {})
+
+    def _objective_point(self, accs, graph) -> tuple:
+        """An objective point from accuracies (archs order) and the graph's own objectives."""
+        from evaluators.record import describe
+        own = None
+        out = []
+        for k in self.objectives:
+            if k in self.acc_keys:
+                out.append(float(accs[self.acc_keys.index(k)]))
+            else:
+                own = own or describe(graph)
+                out.append(float(own[k]))
+        return tuple(out)
 
     def _submit(self, cid: int, rung: int, state: bytes | None) -> None:
         """Train candidate `cid` to the end of `rung` (from `state`, the previous rung's)."""
@@ -263,7 +336,7 @@ class Driver:
         if any(v is None for v in point) or state is None:
             record.update(status="failed", reason=f"no scores or state at rung {rung}")
             return False
-        verdict = self.hurdles.judge(rung, point)
+        verdict = self._predicted_verdict(cid, record, rung, point) or self.hurdles.judge(rung, point)
         self.hurdles.add(rung, point)
         if not verdict.passed:
             record.update(status="stopped", reason=f"{verdict.reason} ({self.rung_steps[rung]} steps)")
@@ -271,6 +344,25 @@ class Driver:
         self.store.save_checkpoint(cid, {**record, "rung": rung + 1}, state)
         self._submit(cid, rung + 1, state)
         return True
+
+    def _predicted_verdict(self, cid: int, record: dict, rung: int, point):
+        """The hurdle on predicted full scores (None while the predictor is silent): stop only
+        when the current front dominates even the optimistic point, each proxy's predicted
+        mean plus z standard deviations."""
+        if self.predictor is None:
+            return None
+        curves = record.get("loss_curves")
+        prediction = self.predictor.predict(rung, self.graphs[cid], point,
+                                            json.loads(curves) if isinstance(curves, str) else curves)
+        if prediction is None:
+            return None
+        from search.engine.predictor import predicted_stop
+        mu, sd = prediction
+        optimistic = self._objective_point(mu + self.z * sd, self.graphs[cid])
+        stop = predicted_stop(self.front, optimistic, self.goals)
+        guess = ", ".join(f"{k[4:]} {m:.3f}±{s:.3f}" for k, m, s in zip(self.acc_keys, mu, sd))
+        return PredictedVerdict(not stop, f"predicted full scores {guess}: the front dominates them "
+                                          f"even at +{self.z:g} sd")
 
     def _needs_confirmation(self, record: dict) -> bool:
         """An `ok` candidate (fully trained, on one seed) that would enter the current front."""
@@ -301,6 +393,7 @@ class Driver:
         self.counts[record["status"]] += 1
         if record["status"] == "ok":
             self._update_front(record)
+            self._learn(record)
         if self.on_record is not None:
             self.on_record(self, record)
 
@@ -340,6 +433,13 @@ class Driver:
             self._last_state, self._last_line = state, now
 
 
+class PredictedVerdict:
+    """A hurdle decision on predicted full scores (the raw hurdle's HurdleVerdict's face)."""
+
+    def __init__(self, passed: bool, reason: str):
+        self.passed, self.reason = passed, reason
+
+
 def _absorb(record: dict, result: dict, acc_keys, worker: str) -> None:
     """Fold a training result (a rung's or the whole) into the candidate's record."""
     record["status"] = result.get("status", "failed")
@@ -347,6 +447,9 @@ def _absorb(record: dict, result: dict, acc_keys, worker: str) -> None:
     for k in acc_keys:
         record[k] = _num(result.get(k))
     record["steps_trained"] = result.get("steps_trained")
+    if result.get("loss_curves") is not None:
+        record["loss_curves"] = result["loss_curves"]
+    _absorb_cached(record, result)
     record["seconds"] += float(result.get("seconds") or 0.0)
     stages = record["stage_seconds"]
     for stage, seconds in (result.get("stage_seconds") or {}).items():
@@ -360,6 +463,7 @@ def _absorb_confirmation(record: dict, result: dict, acc_keys, seed: int) -> Non
     record with its status (the first seed's scores stay, as measured)."""
     second = {k: _num(result.get(k)) for k in acc_keys}
     record["seed_scores"].append({"seed": seed, **second})
+    _absorb_cached(record, result)
     seconds = float(result.get("seconds") or 0.0)
     record["seconds"] += seconds
     record["stage_seconds"]["confirm"] = record["stage_seconds"].get("confirm", 0.0) + seconds
@@ -370,6 +474,14 @@ def _absorb_confirmation(record: dict, result: dict, acc_keys, seed: int) -> Non
         return
     for k in acc_keys:
         record[k] = sum(s[k] for s in record["seed_scores"]) / len(record["seed_scores"])
+
+
+def _absorb_cached(record: dict, result: dict) -> None:
+    """`cached` stays true only while every training behind the record came from the cache."""
+    cached = result.get("cached")
+    if cached is not None:
+        before = record.get("cached")
+        record["cached"] = bool(cached) if before is None else bool(before) and bool(cached)
 
 
 def _num(v):

@@ -40,7 +40,7 @@ import torch
 
 from primitives.util import write_atomic
 
-from evaluators.datasets.base import DatasetError, cache_dir
+from evaluators.datasets.base import DatasetError, EpochStream, cache_dir
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "synthetic")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -162,40 +162,24 @@ class ImageDataset:
                 f"classes={self.num_classes}, device={self.device})")
 
 
-class BatchStream:
-    """The iterator behind `ImageDataset.train_batches`. Its `state()` (epoch, position,
-    the epoch's permutation and the generator's state) restores with `load_state`, so a
-    training halted at a rung continues with exactly the batches it would have seen."""
+class BatchStream(EpochStream):
+    """The iterator behind `ImageDataset.train_batches`: a permutation of the training
+    images per epoch, augmented from `augment_from_epoch` on; resumable (`EpochStream`)."""
 
     def __init__(self, dataset: ImageDataset, batch_size: int, generator: torch.Generator,
                  augment_from_epoch: int | None):
-        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
+        super().__init__(dataset, batch_size, generator)
         self.augment_from_epoch = augment_from_epoch
-        self.epoch, self.position, self.perm = 0, 0, None
 
-    def __iter__(self):
-        return self
+    def _size(self) -> int:
+        return len(self.dataset.train_y)
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.dataset.train_y)
-        if self.perm is None or self.position + self.batch_size > n:
-            if self.perm is not None:
-                self.epoch += 1
-            self.perm = torch.randperm(n, generator=self.generator, device=self.generator.device)
-            self.position = 0
-        start = self.position
-        self.position += self.batch_size
+    def _permutation(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator, device=self.generator.device)
+
+    def _batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         augment = self.augment_from_epoch is not None and self.epoch >= self.augment_from_epoch
-        return self.dataset.batch(self.perm[start:start + self.batch_size],
-                                  self.generator if augment else None)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "perm": self.perm,
-                "generator": self.generator.get_state()}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.position, self.perm = state["epoch"], state["position"], state["perm"]
-        self.generator.set_state(state["generator"])
+        return self.dataset.batch(indices, self.generator if augment else None)
 
 
 def load_dataset(name: str, device="cpu", data_root=None, val_fraction: float = 0.1, seed: int = 0,

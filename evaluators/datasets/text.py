@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from evaluators.datasets.base import DatasetError
+from evaluators.datasets.base import DatasetError, EpochStream
 
 TEXT_DATASET = "pydoc-topics"
 BLOCK = 2048          # characters per block of the 80/10/10 interleaved split
@@ -122,38 +122,19 @@ class TextDataset:
                 f"context={self.context}, device={self.device})")
 
 
-class TextStream:
+class TextStream(EpochStream):
     """Training windows, epoch by epoch: each epoch draws an offset in [0, context) and a
-    permutation of the non-overlapping windows from there. `state()`/`load_state` resume it
-    exactly, as `BatchStream`'s do."""
+    permutation of the non-overlapping windows from there; resumable (`EpochStream`)."""
 
-    def __init__(self, dataset: TextDataset, batch_size: int, generator: torch.Generator):
-        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
-        self.epoch, self.position, self.perm = 0, 0, None
+    def _size(self) -> int:
+        return self.dataset.windows_per_epoch()
 
-    def __iter__(self):
-        return self
+    def _permutation(self, n: int) -> torch.Tensor:
+        offset = int(torch.randint(0, self.dataset.context, (1,), generator=self.generator))
+        return offset + self.dataset.context * torch.randperm(n, generator=self.generator)
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ds = self.dataset
-        n = ds.windows_per_epoch()
-        if self.perm is None or self.position + self.batch_size > n:
-            if self.perm is not None:
-                self.epoch += 1
-            offset = int(torch.randint(0, ds.context, (1,), generator=self.generator))
-            self.perm = offset + ds.context * torch.randperm(n, generator=self.generator)
-            self.position = 0
-        starts = self.perm[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        return ds.windows("train", starts)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "perm": self.perm,
-                "generator": self.generator.get_state()}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.position, self.perm = state["epoch"], state["position"], state["perm"]
-        self.generator.set_state(state["generator"])
+    def _batch(self, starts) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.windows("train", starts)
 
 
 def _topics() -> dict:

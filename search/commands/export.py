@@ -101,14 +101,18 @@ def _export_coefficients(graph, args) -> int:
         table = coefficient_table(graph, state, None if state else (args.channels or 1))
     except (NotPolynomialError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot export coefficients: {one_line(err, kind=False)}") from None
-    text = table_csv(table)
-    if args.coefficients == "-":
+    _emit(args.coefficients, table_csv(table), f"{table.shape[0]} channels x {table.shape[1]} coefficients "
+                                                f"(degree {table.shape[1] - 1}) of {graph}")
+    return 0
+
+
+def _emit(path: str, text: str, summary: str) -> None:
+    """`text` to standard output (`-`) or written atomically to `path`, said in one line."""
+    if path == "-":
         sys.stdout.write(text)
     else:
-        write_atomic(args.coefficients, text)
-        print(f"wrote {args.coefficients}: {table.shape[0]} channels x {table.shape[1]} coefficients "
-              f"(degree {table.shape[1] - 1}) of {graph}", file=sys.stderr)
-    return 0
+        write_atomic(path, text)
+        print(f"wrote {path}: {summary}", file=sys.stderr)
 
 
 def _load_state_dict(path) -> dict:
@@ -187,12 +191,8 @@ def _export_he(graph, args) -> int:
     text = dumps(document)
     for warning in document["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.he == "-":
-        sys.stdout.write(text)
-    else:
-        write_atomic(args.he, text)
-        print(f"wrote {args.he}: {len(document['positions'])} position(s), degree {document['degree']}, "
-              f"depth {document['depth']} ({graph})", file=sys.stderr)
+    _emit(args.he, text, f"{len(document['positions'])} position(s), degree {document['degree']}, "
+                         f"depth {document['depth']} ({graph})")
     return 0
 
 

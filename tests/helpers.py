@@ -86,3 +86,20 @@ def default_training(arch: str, layer: str, amp: str = "off"):
         _TRAINED[arch, layer, amp] = build_and_train(arch, factory, ds,
                                                      proxy_config(arch, amp=amp, threads=1), "cpu")
     return _TRAINED[arch, layer, amp]
+
+
+def surrogate_driver(store, settings: dict, executor=None, records=(), checkpoints=(), start_id=0):
+    """A batch-mode Driver on the surrogate evaluator with `settings` (SearchConfig overrides),
+    restored from `records` and `checkpoints` as a resume restores it; `executor` defaults to
+    a LocalExecutor of the settings' evaluator. Returns (driver, evaluator spec)."""
+    from search.config import build_config
+    from search.engine.driver import Driver
+    from search.engine.modes import get_mode
+    from search.workers.executor import evaluator_spec, make_screen
+    config = build_config(overrides={"evaluator": "surrogate", "executor": "local", **settings})
+    spec = evaluator_spec(config)
+    driver = Driver(config, get_mode("batch"), store, make_screen(spec), executor or LocalExecutor(spec),
+                    start_id=start_id, done=len(records), progress=None)
+    if records or checkpoints:
+        driver.restore(list(records), list(checkpoints))
+    return driver, spec

@@ -12,10 +12,8 @@ from evaluators.evaluate import EvalConfig, Evaluator
 from primitives import parse
 from primitives.library import REFERENCE_LAYERS
 from search.config import build_config
-from search.engine.driver import Driver
-from helpers import QueuedExecutor
-from search.workers.executor import evaluator_spec, make_screen
-from search.engine.modes import get_mode
+from helpers import QueuedExecutor, surrogate_driver
+from search.workers.executor import evaluator_spec
 from search.pareto import pareto_mask
 from search.store.writer import MemoryStore, RunStore
 from search.workers.surrogate import SurrogateEvaluator
@@ -38,14 +36,8 @@ def test_surrogate_honours_a_seed_deterministically():
 
 
 def _driver(store, executor, budget=60, records=(), checkpoints=(), start_id=0, **overrides):
-    config = build_config(overrides=dict(evaluator="surrogate", executor="local", budget=budget,
-                                         population=8, tournament=3, steps=30, **overrides))
-    spec = evaluator_spec(config)
-    driver = Driver(config, get_mode("batch"), store, make_screen(spec), executor,
-                    start_id=start_id, done=len(records), progress=None)
-    if records or checkpoints:
-        driver.restore(list(records), list(checkpoints))
-    return driver, spec
+    settings = dict(budget=budget, population=8, tournament=3, steps=30, **overrides)
+    return surrogate_driver(store, settings, executor, records, checkpoints, start_id)
 
 
 def _spec(**overrides):

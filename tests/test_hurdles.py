@@ -15,11 +15,9 @@ from evaluators.trainer import TrainConfig, build_and_train
 from primitives import compile_layer, parse
 from primitives.library import REFERENCE_LAYERS
 from search.config import build_config
-from search.engine.driver import Driver
-from helpers import QueuedExecutor
-from search.workers.executor import LocalExecutor, evaluator_spec, make_screen
+from helpers import QueuedExecutor, surrogate_driver
+from search.workers.executor import evaluator_spec
 from search.engine.hurdles import Hurdles
-from search.engine.modes import get_mode
 from search.store.writer import MemoryStore, RunStore
 
 S0 = REFERENCE_LAYERS["evonorm-s0"]
@@ -128,15 +126,9 @@ def test_hurdle_decision_matches_brute_force(seed):
 
 
 def _driver(store, budget=80, executor=None, records=(), checkpoints=(), start_id=0, **overrides):
-    config = build_config(overrides=dict(evaluator="surrogate", executor="local", budget=budget,
-                                         population=8, tournament=3, steps=30, rungs=[0.2, 0.5, 1.0],
-                                         hurdle_share=0.2, confirm=False, **overrides))  # rungs alone
-    spec = evaluator_spec(config)
-    driver = Driver(config, get_mode("batch"), store, make_screen(spec), executor or LocalExecutor(spec),
-                    start_id=start_id, done=len(records), progress=None)
-    if records or checkpoints:
-        driver.restore(list(records), list(checkpoints))
-    return driver
+    settings = dict(budget=budget, population=8, tournament=3, steps=30, rungs=[0.2, 0.5, 1.0],
+                    hurdle_share=0.2, confirm=False, **overrides)   # rungs alone
+    return surrogate_driver(store, settings, executor, records, checkpoints, start_id)[0]
 
 
 def test_driver_with_hurdles_keeps_exact_budgets_and_records_stopped_candidates():

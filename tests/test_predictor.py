@@ -123,21 +123,10 @@ def test_proposal_predictor_learns_from_graph_features():
 # -- the driver -----------------------------------------------------------------------------------
 
 def _driver(store, budget, executor=None, records=(), checkpoints=(), start_id=0, **overrides):
-    from search.config import build_config
-    from search.engine.driver import Driver
-    from search.engine.modes import get_mode
-    from search.workers.executor import LocalExecutor, evaluator_spec, make_screen
-    settings = dict(evaluator="surrogate", executor="local", budget=budget, population=8, tournament=3,
-                    steps=30, rungs=[0.34, 1.0], confirm=False, predicted_hurdles=True,
-                    predicted_proposals=True, predictor_z=1.0)
-    settings.update(overrides)
-    config = build_config(overrides=settings)
-    spec = evaluator_spec(config)
-    driver = Driver(config, get_mode("batch"), store, make_screen(spec), executor or LocalExecutor(spec),
-                    start_id=start_id, done=len(records), progress=None)
-    if records or checkpoints:
-        driver.restore(list(records), list(checkpoints))
-    return driver
+    from helpers import surrogate_driver
+    settings = dict(budget=budget, population=8, tournament=3, steps=30, rungs=[0.34, 1.0], confirm=False,
+                    predicted_hurdles=True, predicted_proposals=True, predictor_z=1.0)
+    return surrogate_driver(store, {**settings, **overrides}, executor, records, checkpoints, start_id)[0]
 
 
 def test_predicted_hurdles_and_proposals_decide_once_the_predictor_speaks():

@@ -63,6 +63,14 @@ def device_kind(device) -> str:
     return device.type
 
 
+def data_name(arch: str, dataset: str) -> str:
+    """What proxy `arch` trains on, as a key says it: the image dataset's name (`dataset`),
+    or the text proxies' `text`."""
+    from .proxies import data_of
+    data = data_of(arch)
+    return dataset if data == "images" else data
+
+
 def training_key(*, graph_hash: str, arch: str, data: str, split: str, stop_at: int, config,
                  device) -> dict:
     """The key of one proxy training: `config` is its TrainConfig (or a dict of one)."""

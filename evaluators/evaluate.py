@@ -365,10 +365,8 @@ class Evaluator:
 
     def cache_key(self, graph, arch: str, until: int, seed: int | None = None, split: str = "val") -> dict:
         """The training cache's key of archs' training of `graph`, halted at step `until`."""
-        from .cache import training_key
-        from .proxies import data_of
-        data = data_of(arch)
-        return training_key(graph_hash=graph.hash, arch=arch, data=self.config.dataset if data == "images" else data,
+        from .cache import data_name, training_key
+        return training_key(graph_hash=graph.hash, arch=arch, data=data_name(arch, self.config.dataset),
                             split=split, stop_at=until, config=self.config.train_config(None, seed, arch),
                             device=self.device)
 

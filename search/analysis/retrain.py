@@ -422,12 +422,11 @@ def retrain_layer(layer: dict, dataset, job: dict, done) -> list[dict]:
         if result is None:
             start = time.perf_counter()
             config = _train_config(arch, lr, run_seed, job)
-            from evaluators.cache import TrainingCache, enabled, through_cache, training_key
-            from evaluators.proxies import data_of
+            from evaluators.cache import TrainingCache, data_name, enabled, through_cache, training_key
             cache = TrainingCache() if enabled() else None
             ckey = training_key(graph_hash=graph.hash, arch=arch, split=split, stop_at=config.steps,
-                                data=job["dataset"] if data_of(arch) == "images" else data_of(arch),
-                                config=config, device=job["device"]) if cache else None
+                                data=data_name(arch, job["dataset"]), config=config,
+                                device=job["device"]) if cache else None
             data = dataset.for_arch(arch) if hasattr(dataset, "for_arch") else dataset
             trained = through_cache(cache, ckey,
                                     lambda: build_and_train(arch, factory, data, config, job["device"], split=split))

@@ -195,6 +195,20 @@ def transformer_references() -> dict:
     return {name: REFERENCE_LAYERS[name] for name in TRANSFORMER_LAYERS}
 
 
+def references_for(archs, mode: str = "batch") -> dict:
+    """name -> formula of the layers a candidate trained on `archs` is compared with: the
+    mode's CNN baselines (primitives.library.baselines) for CNN proxies, the Transformer
+    references for Transformer ones, both for a mixture (CNN ones alone without archs)."""
+    from primitives.library import REFERENCE_LAYERS, baselines
+    families = {PROXIES[a].family for a in archs if a in PROXIES} or {"cnn"}
+    references = {}
+    if "cnn" in families:
+        references.update((name, REFERENCE_LAYERS[name]) for name in baselines(mode))
+    if "transformer" in families:
+        references.update(transformer_references())
+    return references
+
+
 def held_out_for(archs) -> tuple[str, ...]:
     """The held-out proxies of the families `archs` belong to (plainnet for CNN proxies,
     postvit for Transformer ones), those not among `archs` already."""

@@ -255,7 +255,6 @@ def _layers(run, top: int, baselines: bool) -> list[dict]:
     """[{name, formula, candidate_id, source}]: the top front layers, then the baselines (the
     mode's for CNN proxies, the Transformer references for Transformer proxies)."""
     from primitives import Graph, parse
-    from primitives.library import REFERENCE_LAYERS, baselines as baselines_of
 
     layers, seen = [], set()
     front = run.front()
@@ -276,14 +275,8 @@ def _layers(run, top: int, baselines: bool) -> list[dict]:
             layers.append({"name": f"#{int(row['id'])}", "formula": str(graph),
                            "candidate_id": int(row["id"]), "source": "front"})
     if baselines:
-        from evaluators.proxies import PROXIES, transformer_references
-        families = {PROXIES[a].family for a in run.archs if a in PROXIES} or {"cnn"}
-        references = {}
-        if "cnn" in families:
-            references.update((name, REFERENCE_LAYERS[name]) for name in baselines_of(run.mode))
-        if "transformer" in families:   # LayerNorm, RMSNorm, DyT, Derf and none
-            references.update(transformer_references())
-        for name, formula in references.items():
+        from evaluators.proxies import references_for
+        for name, formula in references_for(run.archs, run.mode).items():
             graph = parse(formula)
             if graph.hash not in seen:
                 layers.append({"name": name, "formula": str(graph), "candidate_id": None, "source": "baseline"})

@@ -102,18 +102,13 @@ def _layers(graph, no_baselines: bool, archs=()) -> list:
     """(name, graph) of the candidate and, unless asked not to, the baselines: the CNN ones
     for CNN proxies (a layer fit for encrypted inference is also compared with the square
     activation), the Transformer references for Transformer proxies."""
-    from evaluators.proxies import PROXIES, transformer_references
+    from evaluators.proxies import references_for
     from primitives import parse
-    from primitives.library import REFERENCE_LAYERS, baselines
 
     layers = [("candidate", graph)]
     if not no_baselines:
-        families = {PROXIES[a].family for a in archs} or {"cnn"}
-        if "cnn" in families:
-            mode = "batch" if graph.inference_degree is None else "polynomial"
-            layers += [(name, parse(REFERENCE_LAYERS[name])) for name in baselines(mode)]
-        if "transformer" in families:
-            layers += [(name, parse(formula)) for name, formula in transformer_references().items()]
+        mode = "batch" if graph.inference_degree is None else "polynomial"
+        layers += [(name, parse(formula)) for name, formula in references_for(archs, mode).items()]
     return layers
 
 

@@ -414,6 +414,21 @@ def test_a_sample_mode_report_compares_with_the_batch_free_standards_too():
     assert "above gn-relu" not in report(rows, "batch")
 
 
+def test_a_transformer_report_compares_with_layernorm_rmsnorm_dyt_and_derf_not_bn_relu():
+    from search.analysis.report import report
+
+    tie = {"vit": [0.70, 0.71, 0.72], "postvit": [0.80, 0.81, 0.82]}
+    refs = ("layernorm", "rmsnorm", "dyt", "derf")
+    rows = _rows({"#1": {"vit": [0.75, 0.76, 0.77], "postvit": tie["postvit"]}, "identity": tie,
+                  **{ref: tie for ref in refs}})
+    text = report(rows)
+    for ref in refs:
+        assert f"paired 95% interval above {ref}: #1 on vit" in text
+    assert "bn-relu" not in text and "vs identity" not in text
+    mixed = rows + _rows({"#1": {"resnet": [0.9, 0.91, 0.92]}, "bn-relu": {"resnet": [0.8, 0.81, 0.82]}})
+    assert "paired 95% interval above bn-relu: #1 on resnet" in report(mixed)
+
+
 def test_a_sample_mode_run_is_retrained_against_gn_relu_and_the_s_series(run_dir, capsys, monkeypatch):
     import json
 

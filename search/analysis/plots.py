@@ -152,7 +152,7 @@ def draw(run, output, dpi: int = 120, fmt: str | None = None) -> None:
     _hypervolume_panel(axes[len(pairs) + 1], xs, hv, ref, run.objectives)
     _funnel_panel(axes[len(pairs) + 2], df)
     if retrained:
-        _retrain_panel(axes[len(pairs) + 3], retrained, references(run.mode))
+        _retrain_panel(axes[len(pairs) + 3], retrained, references(run.mode, {r["arch"] for r in retrained}))
     fig.suptitle(f"evonorm run {run.name}: {len(df)} candidates, {len(ok)} accepted, "
                  f"{len(front_ids)} on the front", fontsize=14, fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.96))

@@ -1,4 +1,6 @@
-"""The retrain's report: each layer's test accuracy per proxy, and how it compares with BN-ReLU.
+"""The retrain's report: each layer's test accuracy per proxy, and how it compares with the
+references (BN-ReLU and the mode's standards on CNN proxies; LayerNorm, RMSNorm, DyT and Derf
+on Transformer ones).
 
 `retrain` prints it when it finishes; `evonorm show DIR` prints it again from
 DIR/retrain.parquet, so the numbers results/README.md quotes can be regenerated without
@@ -18,16 +20,20 @@ import statistics
 from search.analysis.stats import CONFIDENCE, paired
 
 REFERENCE = "bn-relu"
-# the layers a search mode's discoveries must beat: BN-ReLU always; at small batch (sample
-# mode) the batch-free standards too; for encrypted inference the square activation and
-# the library's polynomial layer
-def references(mode: str) -> tuple[str, ...]:
-    """The reference layers of a run in `mode`; polynomial mode's are its baselines."""
-    if mode == "polynomial":
-        from primitives.library import POLYNOMIAL_BASELINES  # not at import: it loads torch
+# the layers a search mode's discoveries must beat on CNN proxies: BN-ReLU always; at small
+# batch (sample mode) the batch-free standards too; for encrypted inference the square
+# activation and the library's polynomial layer. On Transformer proxies: the Transformer
+# baselines (primitives.library.TRANSFORMER_BASELINES), whatever the mode.
+def references(mode: str, archs=()) -> tuple[str, ...]:
+    """The reference layers a retrain on `archs` in `mode` is compared with (CNN ones alone
+    without archs); polynomial mode's are its baselines."""
+    from evaluators.proxies import PROXIES
+    from primitives.library import POLYNOMIAL_BASELINES, TRANSFORMER_BASELINES  # not at import: torch
 
-        return POLYNOMIAL_BASELINES
-    return {"sample": ("bn-relu", "gn-relu", "evonorm-s0")}.get(mode, (REFERENCE,))
+    families = {PROXIES[a].family for a in archs if a in PROXIES} or {"cnn"}
+    cnn = (POLYNOMIAL_BASELINES if mode == "polynomial"
+           else {"sample": ("bn-relu", "gn-relu", "evonorm-s0")}.get(mode, (REFERENCE,)))
+    return (cnn if "cnn" in families else ()) + (TRANSFORMER_BASELINES if "transformer" in families else ())
 
 
 def reference_name(rows, reference: str = REFERENCE) -> str | None:
@@ -162,7 +168,7 @@ def report(rows, mode: str = "batch") -> str:
     `retrain` writes them (searched proxies, then the held-out ones)."""
     archs, held_out = proxies(rows)
     parts = [table(rows, archs + held_out, held_out)]
-    parts += [versus_table(rows, archs + held_out, ref) for ref in references(mode)]
+    parts += [versus_table(rows, archs + held_out, ref) for ref in references(mode, archs + held_out)]
     return "\n\n".join(parts)
 
 

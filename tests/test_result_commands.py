@@ -191,7 +191,7 @@ def _retrain_rows(scores):
             for seed, acc in enumerate(accs, 1)]
 
 
-def test_retrain_panel_draws_mean_and_standard_error_per_layer_and_proxy():
+def test_retrain_panel_draws_paired_differences_to_the_reference_per_layer_and_proxy():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,19 +200,43 @@ def test_retrain_panel_draws_mean_and_standard_error_per_layer_and_proxy():
 
     rows = _retrain_rows({"#3": {"resnet": [0.86, 0.87, 0.88], "plainnet": [0.80, 0.80, 0.83]},
                           "bn-relu": {"resnet": [0.88, 0.88, 0.88], "plainnet": [0.81, 0.82, 0.83]},
+                          "gn-relu": {"resnet": [0.89, 0.89, 0.89], "plainnet": [0.82, 0.83, 0.84]},
                           "dead": {"resnet": [0.10, 0.10, 0.10], "plainnet": [0.10, float("nan"), 0.10]}})
     fig, ax = plt.subplots()
-    _retrain_panel(ax, rows, ["bn-relu"])
+    _retrain_panel(ax, rows, ["bn-relu", "gn-relu"])
     bars = {c.get_label(): c for c in ax.containers}
-    assert set(bars) == {"#3", "bn-relu (reference)", "dead"}
+    assert set(bars) == {"#3", "gn-relu (reference)", "dead"}    # bn-relu is the 0 line
     line = bars["#3"].lines[0]
-    assert line.get_ydata() == pytest.approx([87.0, 81.0])
+    assert line.get_ydata() == pytest.approx([-1.0, -1.0])   # per seed -2, -1, 0 and -1, -2, 0 points
     assert [round(x) for x in line.get_xdata()] == [0, 1]   # beside the searched proxy's tick, then the held-out one
-    assert bars["bn-relu (reference)"].lines[0].get_markerfacecolor() == "white"
+    assert bars["gn-relu (reference)"].lines[0].get_ydata() == pytest.approx([1.0, 1.0])
+    assert bars["gn-relu (reference)"].lines[0].get_markerfacecolor() == "white"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet", "plainnet\n(held out)"]
+    assert "bn-relu" in ax.get_ylabel() and "bn-relu" in ax.get_title()
     lo, hi = ax.get_ylim()
-    assert lo > 60 and hi > 88          # the dead layer at 10% does not flatten the others...
+    assert -25 < lo < -1 and hi > 1     # the dead layer 72-78 points down does not flatten the others...
     assert any("2 mean(s) below the axes" in t.get_text() for t in ax.texts)   # ...and is counted
+    plt.close(fig)
+
+
+def test_retrain_panel_names_a_reference_the_front_held_by_both_names():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from primitives import parse
+    from primitives.library import REFERENCE_LAYERS
+    from search.analysis.plots import _retrain_panel
+
+    rows = _retrain_rows({"#0": {"resnet": [0.88, 0.88, 0.88]}, "#5": {"resnet": [0.89, 0.90, 0.91]}})
+    for row in rows:
+        if row["layer"] == "#0":     # the search's front held BN-ReLU itself: trained once, as #0
+            row["formula"] = str(parse(REFERENCE_LAYERS["bn-relu"]))
+    fig, ax = plt.subplots()
+    _retrain_panel(ax, rows, ["bn-relu"])
+    assert ax.get_title().startswith("Retrain vs bn-relu (#0)")
+    assert {c.get_label() for c in ax.containers} == {"#5"}
+    assert ax.containers[0].lines[0].get_ydata() == pytest.approx([2.0])
     plt.close(fig)
 
 

@@ -291,41 +291,50 @@ def _funnel_panel(ax, df) -> None:
 
 
 def _retrain_panel(ax, rows, references) -> None:
-    """The retrain's test accuracies, per proxy: each layer's mean over the seeds ± one
-    standard error, the mode's references hollow (the verdicts `evonorm show` prints are
-    paired per seed, so they can be sharper than these unpaired bars suggest). Layers far below the best
-    (a failed unit at chance) would flatten the rest: they fall below the axes, counted."""
-    from search.analysis.report import mean_se, proxies, reference_name
+    """The retrain against its first reference (the first layer when none was trained), per
+    proxy: each layer's mean per-seed difference in points with its paired Student-t 95%
+    interval, the verdicts `evonorm show` prints; the reference is the dashed 0, the other
+    references hollow. Differences, not accuracies, so proxies at 60% and 80% share one axis.
+    A layer far below (a collapse) would flatten the rest: it falls below the axes, counted."""
+    from search.analysis.report import proxies, reference_name, versus
 
     archs, held_out = proxies(rows)
     archs += held_out
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    refs = {reference_name(rows, ref) for ref in references}
-    width, means = 0.8 / len(layers), []
+    present = [(ref, name) for ref in references if (name := reference_name(rows, ref))]
+    names = [name for _, name in present]
+    reference, base = present[0] if present else (layers[0], layers[0])
+    results = versus(rows, archs, reference)
+    label = base if base == reference else f"{reference} ({base})"
+    width, lows, highs, diffs = 0.8 / len(layers), [], [], []
     for i, layer in enumerate(layers):
-        points = [(j - 0.4 + (i + 0.5) * width, *ms) for j, arch in enumerate(archs)
-                  if (ms := mean_se(rows, layer, arch)) is not None]
+        if layer == base:
+            continue
+        points = [(j - 0.4 + (i + 0.5) * width, 100 * v["diff"], 100 * (v["diff"] - v["low"]), 100 * (v["high"] - v["diff"]))
+                  for j, arch in enumerate(archs) for v in results
+                  if v["layer"] == layer and v["arch"] == arch and v["diff"] is not None]
         if not points:
             continue
-        xs, ys, ses = zip(*points)
-        ys = [100 * y for y in ys]
-        means += ys
-        hollow = layer in refs
-        ax.errorbar(xs, ys, yerr=[100 * e for e in ses], fmt="s" if hollow else "o",
-                    capsize=3, markersize=6, mfc="white" if hollow else None,
-                    label=f"{layer} (reference)" if hollow else layer)
-    if means:
-        top = max(means) + 1.0
-        bottom = max(min(means), top - 16.0) - 1.0
+        xs, ys, below, above = zip(*points)
+        diffs += ys
+        lows += [y - b for y, b in zip(ys, below)]
+        highs += [y + a for y, a in zip(ys, above)]
+        hollow = layer in names
+        ax.errorbar(xs, ys, yerr=[below, above], fmt="s" if hollow else "o", capsize=3, markersize=6,
+                    mfc="white" if hollow else None, label=f"{layer} (reference)" if hollow else layer)
+    ax.axhline(0.0, color="#555555", linestyle="--", linewidth=1, label=f"{label} (0)")
+    if diffs:
+        top = max(highs + [0.0]) + 0.5
+        bottom = max(min(lows + [0.0]), top - 20.0) - 0.5
         ax.set_ylim(bottom, top)
-        below = sum(m < bottom for m in means)
+        below = sum(d < bottom for d in diffs)
         if below:
             ax.text(0.99, 0.01, f"{below} mean(s) below the axes", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=8, color="#555555")
     ax.set_xticks(range(len(archs)), [a + ("\n(held out)" if a in held_out else "") for a in archs])
-    ax.set_ylabel("test accuracy % (mean ± SE)", fontsize=11)
+    ax.set_ylabel(f"test accuracy - {label}, points (paired 95% CI)", fontsize=11)
     seeds = len({r["seed"] for r in rows})
-    ax.set_title(f"Retrain: {len(layers)} layers, {seeds} seeds", fontsize=12)
+    ax.set_title(f"Retrain vs {label}: {len(layers)} layers, {seeds} seeds", fontsize=12)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))   # the next cell is always free
     ax.grid(axis="y", alpha=0.3)
 

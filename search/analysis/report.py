@@ -38,11 +38,12 @@ def references(mode: str, archs=()) -> tuple[str, ...]:
 
 def reference_name(rows, reference: str = REFERENCE) -> str | None:
     """The name the reference layer goes by in `rows`: its library name, or a front member's
-    `#id` when the search's front held the very same layer (it is then trained once)."""
+    `#id` when the search's front held the very same layer (it is then trained once); any
+    other layer of `rows` by its own name."""
     from primitives import parse
     from primitives.library import REFERENCE_LAYERS
 
-    formula = str(parse(REFERENCE_LAYERS[reference]))
+    formula = str(parse(REFERENCE_LAYERS[reference])) if reference in REFERENCE_LAYERS else None
     names = list(dict.fromkeys(r["layer"] for r in rows if r["layer"] == reference or r["formula"] == formula))
     return names[0] if names else None
 

@@ -33,10 +33,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from .datasets.base import OFF, cache_dir as evonorm_cache_dir
+
 FORMAT = 1     # the layout of a cache file; part of the key
-
-
-OFF = ("off", "0", "no", "false", "none")
 
 
 def enabled() -> bool:
@@ -46,12 +45,9 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    """The folder of cached trainings (see the module's docstring)."""
-    root = os.environ.get("EVONORM_CACHE")
-    if root:
-        return Path(root).expanduser() / "trainings"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "evonorm" / "trainings"
+    """The folder of cached trainings: `trainings/` in evonorm's cache folder (the module's
+    docstring), where the downloaded datasets also live."""
+    return evonorm_cache_dir() / "trainings"
 
 
 def device_kind(device) -> str:

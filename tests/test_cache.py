@@ -149,3 +149,19 @@ def test_transformer_proxies_record_loss_curves_and_use_the_cache(cache_on):
     assert second["cached"] is True and second["loss_curves"] == first["loss_curves"]
     keys = [json.loads(p.read_text())["key"] for p in cache_on.rglob("*.json")]
     assert {k["data"] for k in keys} == {"synthetic", "text"}
+
+
+def test_datasets_and_trainings_share_one_cache_folder_and_off_turns_only_the_trainings_off(monkeypatch, tmp_path):
+    from evaluators.cache import cache_dir as trainings_dir
+    from evaluators.cache import enabled
+    from evaluators.datasets import cache_dir
+
+    monkeypatch.setenv("EVONORM_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c" and trainings_dir() == tmp_path / "c" / "trainings" and enabled()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for off in ("off", "OFF", "0", "none"):
+        monkeypatch.setenv("EVONORM_CACHE", off)
+        assert not enabled()
+        assert cache_dir() == tmp_path / "xdg" / "evonorm"     # a download does not land in ./off
+    monkeypatch.delenv("EVONORM_CACHE")
+    assert trainings_dir() == tmp_path / "xdg" / "evonorm" / "trainings" and enabled()

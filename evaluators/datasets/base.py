@@ -11,8 +11,19 @@ class DatasetError(EvonormError, ValueError):
     """Bad dataset name, or data files that are missing, truncated or corrupt."""
 
 
+# values of EVONORM_CACHE that turn the training cache off instead of naming a folder
+OFF = ("off", "0", "no", "false", "none")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("EVONORM_CACHE") or Path.home() / ".cache" / "evonorm")
+    """evonorm's cache folder: `$EVONORM_CACHE` (unless it says off: OFF), else
+    `$XDG_CACHE_HOME/evonorm`, else `~/.cache/evonorm`. Downloaded datasets live in it, the
+    training cache (evaluators.cache) in its `trainings/`; EVONORM_CACHE=off turns only the
+    latter off, so a download then goes to the default folder, not to one named `off`."""
+    root = os.environ.get("EVONORM_CACHE", "").strip()
+    if root and root.lower() not in OFF:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "evonorm"
 
 
 class EpochStream:

@@ -12,8 +12,8 @@ Sources:
 
 - ``fashion-mnist``: the four standard idx files (gzipped or not), looked up in
   ``data_root``, then ``/usr/share/datasets/fashion-mnist`` (Debian's
-  ``dataset-fashion-mnist``), then the cache (``$EVONORM_CACHE`` or
-  ``~/.cache/evonorm``)/fashion-mnist. When they are nowhere and ``download`` is
+  ``dataset-fashion-mnist``), then evonorm's cache folder
+  (``evaluators.datasets.base.cache_dir``: ``$EVONORM_CACHE``, else ``~/.cache/evonorm``)/fashion-mnist. When they are nowhere and ``download`` is
   true they are fetched into the cache and checked against the upstream MD5s.
 - ``cifar10``: the *binary* version (``data_batch_1..5.bin``, ``test_batch.bin``;
   records of 1 label byte + 3072 pixel bytes) in ``data_root`` or the cache,

@@ -20,6 +20,7 @@ from .screen import Screen, describe, to_graph  # noqa: F401  (part of this modu
 
 _TRAIN_DEFAULTS = _trainer.TrainConfig()
 
+from .record import CURVE_POINTS
 from .record import STATUSES  # noqa: F401  (part of this module's face)
 
 
@@ -369,10 +370,6 @@ class Evaluator:
         return training_key(graph_hash=graph.hash, arch=arch, data=data_name(arch, self.config.dataset),
                             split=split, stop_at=until, config=self.config.train_config(None, seed, arch),
                             device=self.device)
-
-
-# a loss curve's points: the mean training loss over each 1/CURVE_POINTS of the full budget
-CURVE_POINTS = 30
 
 
 def loss_curve(losses, total: int, points: int = CURVE_POINTS) -> list:

@@ -30,6 +30,10 @@ class Field:
     of_graph: Callable | None = None    # the value from the layer's Graph alone
 
 
+# a loss curve's points (`loss_curves`): the mean training loss over each 1/CURVE_POINTS of the
+# full budget's steps (evaluators.evaluate.loss_curve; the predictor's and the surrogate's curves too)
+CURVE_POINTS = 30
+
 FIELDS = (
     Field("id", "int64", "unique, in birth order", nullable=False),
     Field("parent_id", "int64", "the tournament winner it was mutated from; null in the first population"),
@@ -58,8 +62,8 @@ FIELDS = (
     Field("rung_scores", "json", "the scores at each progressive hurdle it reached"),
     Field("seed_scores", "json", "each seed's scores of a candidate confirmed on a second seed"),
     Field("loss_curves", "json", "per proxy, the training loss behind its acc_<arch> score: the mean over "
-          "each 1/30 of the full budget's steps, the complete thirtieths so far (a rung's curve is a prefix "
-          "of the full one)"),
+          f"each 1/{CURVE_POINTS} of the full budget's steps, the complete segments so far (a rung's curve is "
+          "a prefix of the full one)"),
     Field("cached", "bool", "true when every training behind the record came from the cross-run training "
           "cache (its seconds are then the time the lookups took); null when nothing was trained"),
 )

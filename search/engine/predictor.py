@@ -38,8 +38,9 @@ import math
 
 import numpy as np
 
+from evaluators.record import CURVE_POINTS
+
 MIN_TRAININGS = 12
-CURVE_POINTS = 30
 MOMENT_AXES = ("batch", "instance", "group", "layer", "channel")
 KINDS = ("moment", "call", "infix", "prefix", "unit", "leaf")
 

@@ -25,7 +25,7 @@ from primitives import Graph, GraphError
 from primitives.library import REFERENCE_LAYERS
 from primitives.util import one_line
 
-from evaluators.record import describe
+from evaluators.record import CURVE_POINTS, describe
 
 TARGETS = {"resnet": "bn-relu", "mobilenetv2": "evonorm-s0", "efficientnet": "ln-gelu"}
 _FALLBACK = ("bn-relu", "evonorm-s0", "ln-gelu", "evonorm-b0", "gn-relu")
@@ -107,7 +107,6 @@ def _at_rung(accs: dict, graph_hash: str, steps: int, total: int) -> dict:
 
 
 SEED_SPREAD = 0.02
-CURVE_POINTS = 30
 
 
 def _curves(full: dict, graph_hash: str, steps: int, total: int) -> dict:

@@ -195,12 +195,18 @@ def transformer_references() -> dict:
     return {name: REFERENCE_LAYERS[name] for name in TRANSFORMER_LAYERS}
 
 
+def families_of(archs) -> set[str]:
+    """The proxy families ("cnn", "transformer") of `archs`; CNN alone when none is named (a
+    run or a table that predates the Transformer proxies)."""
+    return {PROXIES[a].family for a in archs if a in PROXIES} or {"cnn"}
+
+
 def references_for(archs, mode: str = "batch") -> dict:
     """name -> formula of the layers a candidate trained on `archs` is compared with: the
     mode's CNN baselines (primitives.library.baselines) for CNN proxies, the Transformer
     references for Transformer ones, both for a mixture (CNN ones alone without archs)."""
     from primitives.library import REFERENCE_LAYERS, baselines
-    families = {PROXIES[a].family for a in archs if a in PROXIES} or {"cnn"}
+    families = families_of(archs)
     references = {}
     if "cnn" in families:
         references.update((name, REFERENCE_LAYERS[name]) for name in baselines(mode))

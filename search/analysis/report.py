@@ -27,10 +27,10 @@ REFERENCE = "bn-relu"
 def references(mode: str, archs=()) -> tuple[str, ...]:
     """The reference layers a retrain on `archs` in `mode` is compared with (CNN ones alone
     without archs); polynomial mode's are its baselines."""
-    from evaluators.proxies import PROXIES
+    from evaluators.proxies import families_of
     from primitives.library import POLYNOMIAL_BASELINES, TRANSFORMER_BASELINES  # not at import: torch
 
-    families = {PROXIES[a].family for a in archs if a in PROXIES} or {"cnn"}
+    families = families_of(archs)
     cnn = (POLYNOMIAL_BASELINES if mode == "polynomial"
            else {"sample": ("bn-relu", "gn-relu", "evonorm-s0")}.get(mode, (REFERENCE,)))
     return (cnn if "cnn" in families else ()) + (TRANSFORMER_BASELINES if "transformer" in families else ())

@@ -62,11 +62,11 @@ def initial_seeds(config, mode: Mode) -> list[Graph]:
     proxies those are the CNN layers; on Transformer proxies the layers made for a
     Transformer position (`TRANSFORMER_LAYERS`: LayerNorm, RMSNorm, DyT, Derf, none); a run
     on both families starts from both."""
-    from evaluators.proxies import PROXIES
+    from evaluators.proxies import families_of
     from primitives.library import REFERENCE_LAYERS, TRANSFORMER_LAYERS
     formulas = list(config.seed_formulas)
     if getattr(config, "library_seeds", False):
-        families = {PROXIES[a].family for a in config.archs if a in PROXIES} or {"cnn"}
+        families = families_of(config.archs)
         formulas += [f for name, f in REFERENCE_LAYERS.items()
                      if ("transformer" if name in TRANSFORMER_LAYERS else "cnn") in families]
     seeds, seen = [], set()

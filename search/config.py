@@ -80,6 +80,9 @@ class Training:
 
 # The training settings of search, resume, eval and retrain. What a value left out means
 # (steps and lr follow the batch size) is the evaluators' one rule, training_budget.
+NO_CACHE_HELP = ("train everything afresh: neither read nor write the cross-run training cache (default: "
+                 "$EVONORM_CACHE/trainings or ~/.cache/evonorm/trainings)")
+
 TRAINING = {
     "steps": Training(int, "training steps per proxy, the same for every proxy",
                       "default 300; at another --batch-size the count at which a CNN candidate costs the "
@@ -97,6 +100,11 @@ def training(name: str):
     """SearchConfig's field for the training setting `name` (default None: the rule's)."""
     t = TRAINING[name]
     return setting(None, t.help(), least=t.least, positive=t.positive)
+
+
+def add_cache_flag(parser) -> None:
+    """`--no-cache` (dest `cache`) for eval and retrain, as search has it."""
+    parser.add_argument("--no-cache", dest="cache", action="store_false", help=NO_CACHE_HELP)
 
 
 def add_training_flags(parser, names, defaults: dict | None = None) -> None:
@@ -213,10 +221,7 @@ class SearchConfig:
                                       "optimistic point (default 1: of the z tried in the replay on the "
                                       "stored runs, 1, 2 and 3, the one that stopped the most, and it stopped "
                                       "no front member there; docs/predictor.md)")
-    cache: bool = setting(True, flags=(("--no-cache", False, "train everything afresh: neither read nor "
-                                                             "write the cross-run training cache (default: "
-                                                             "$EVONORM_CACHE/trainings or "
-                                                             "~/.cache/evonorm/trainings)"),))
+    cache: bool = setting(True, flags=(("--no-cache", False, NO_CACHE_HELP),))
     rungs: tuple[float, ...] = setting((0.34, 1.0), "where the hurdles stand, as fractions of the steps "
                                                     "(default 0.34 1.0)", metavar="FRACTION")
     cost: bool = setting(False, flags=(("--cost", True, "add parameters per channel (minimised) to the "

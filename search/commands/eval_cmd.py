@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from primitives.util import one_line
-from search.config import add_training_flags, check_training
+from search.config import add_cache_flag, add_training_flags, check_training
 from search.errors import UsageError
 
 
@@ -30,8 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     add_training_flags(parser, ("device",))
     parser.add_argument("--no-baselines", action="store_true", help="train only the given layer")
-    parser.add_argument("--no-cache", dest="cache", action="store_false",
-                        help="train afresh: neither read nor write the cross-run training cache")
+    add_cache_flag(parser)
 
 
 def run(args) -> int:

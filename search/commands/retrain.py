@@ -14,7 +14,7 @@ import os
 import sys
 
 from search.analysis.retrain import DEFAULT_SEEDS, DEFAULT_TRIALS, MAX_WIDENINGS, STARTUP_TRIALS, WIDEN_TRIALS
-from search.config import add_training_flags
+from search.config import add_cache_flag, add_training_flags
 
 # the training flags' defaults, where retrain's are the run's
 RUN_DEFAULTS = {"steps": "default: twice the run's, or twice the recommended steps at --batch-size when it "
@@ -45,8 +45,7 @@ def add_arguments(parser):
     add_training_flags(parser, ("device",))
     parser.add_argument("-o", "--output", default=None,
                         help="parquet file of the trainings (default: DIR/retrain.parquet)")
-    parser.add_argument("--no-cache", dest="cache", action="store_false",
-                        help="train afresh: neither read nor write the cross-run training cache")
+    add_cache_flag(parser)
     parser.add_argument("--workers", type=int, default=1,
                         help="processes training layers side by side, one torch thread each (default 1: this "
                              "process, torch's threads)")

@@ -168,3 +168,14 @@ def test_a_resumed_run_with_predictors_makes_the_same_decisions_and_trains_nothi
     keys = ("id", "graph_hash", "status", "parent_id", "acc_resnet", "acc_mobilenetv2", "acc_efficientnet")
     assert [[r.get(k) for k in keys] for r in final] == [[r.get(k) for k in keys] for r in expected]
     assert any("predicted" in (r.get("reason") or "") for r in final)
+
+
+def test_an_optimistic_point_carries_the_graphs_own_objectives_where_they_are_objectives():
+    from search.store.writer import MemoryStore
+    graph = parse(REFERENCE_LAYERS["evonorm-s0"])
+    plain = _driver(MemoryStore(), 10)
+    assert plain._objective_point([0.8, 0.7, 0.6], graph) == (0.8, 0.7, 0.6)
+    costly = _driver(MemoryStore(), 10, cost=True)
+    point = costly._objective_point([0.8, 0.7, 0.6], graph)
+    assert point[:3] == (0.8, 0.7, 0.6)
+    assert point[3:] == (float(graph.params_per_channel),) and point[3] > 0

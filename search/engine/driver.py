@@ -274,17 +274,11 @@ class Driver:
         return graph.hash in getattr(self.screen, "hashes", {})
 
     def _objective_point(self, accs, graph) -> tuple:
-        """An objective point from accuracies (archs order) and the graph's own objectives."""
+        """`_point` of a record with accuracies `accs` (archs order) and the graph's own
+        objectives (described only when a cost or a depth is one)."""
         from evaluators.record import describe
-        own = None
-        out = []
-        for k in self.objectives:
-            if k in self.acc_keys:
-                out.append(float(accs[self.acc_keys.index(k)]))
-            else:
-                own = own or describe(graph)
-                out.append(float(own[k]))
-        return tuple(out)
+        own = describe(graph) if set(self.objectives) - set(self.acc_keys) else {}
+        return self._point({**own, **dict(zip(self.acc_keys, accs))})
 
     def _submit(self, cid: int, rung: int, state: bytes | None) -> None:
         """Train candidate `cid` to the end of `rung` (from `state`, the previous rung's)."""

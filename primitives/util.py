@@ -5,6 +5,8 @@ version of each without importing upwards. Nothing here knows about layers.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -65,6 +67,28 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def finite_or_none(value) -> float | None:
+    """A record cell as a finite float, or None (missing, not a number, NaN or infinite)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def json_cell(value):
+    """A json column's cell as its value: parsed from a string, as it is when already parsed,
+    None when missing or unreadable."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
 
 
 def is_missing(value) -> bool:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evaluators.datasets import images as datasets
-from primitives.util import is_missing, one_line, write_atomic
+from primitives.util import finite_or_none, is_missing, json_cell, one_line, write_atomic
 from search.store import files
 
 
@@ -72,3 +72,10 @@ def test_fetch_checks_the_md5_before_the_file_takes_its_name(tmp_path, monkeypat
     with pytest.raises(datasets.DatasetError, match="MD5"):
         datasets._fetch("http://example.invalid/bad.gz", bad, "0" * 32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.gz"]   # no temporary file left
+
+
+def test_finite_or_none_and_json_cell_read_record_cells():
+    assert [finite_or_none(v) for v in (1, "0.5", np.float32(2.0))] == [1.0, 0.5, 2.0]
+    assert [finite_or_none(v) for v in (None, "x", float("nan"), math.inf, [1])] == [None] * 5
+    assert json_cell('{"a": [1, 2]}') == {"a": [1, 2]} and json_cell([1, 2]) == [1, 2]
+    assert [json_cell(v) for v in (None, float("nan"), "{not json")] == [None, None, None]

@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from primitives import Graph, GraphError, parse
+from primitives.util import finite_or_none as _num
 
 from search.engine.hurdles import Hurdles
 from search.engine.modes import Mode
@@ -477,12 +478,3 @@ def _absorb_cached(record: dict, result: dict) -> None:
         before = record.get("cached")
         record["cached"] = bool(cached) if before is None else bool(before) and bool(cached)
 
-
-def _num(v):
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None

@@ -33,12 +33,13 @@ stopped the most without stopping a member of the final front, docs/predictor.md
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from evaluators.record import CURVE_POINTS
+from primitives.util import finite_or_none as _num
+from primitives.util import json_cell as _json
 
 MIN_TRAININGS = 12
 MOMENT_AXES = ("batch", "instance", "group", "layer", "channel")
@@ -76,25 +77,6 @@ def curve_features(curve, points: int) -> list[float] | None:
         return None
     third = max(1, points // 3)
     return [c[-1], float(np.mean(c[-3:])), c[-1 - third] - c[-1] if points > third else 0.0, c[0]]
-
-
-def _json(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return None
-    return value
-
-
-def _num(v):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 class _Model:

@@ -208,6 +208,18 @@ def _curve(df, archs, ref):
     return hours, hv
 
 
+def _side_by_side(curves, step: float = 0.25) -> None:
+    """Each arm's hypervolume after the same worker-hours (its last record before that point)."""
+    def at(hours, hv, h):
+        done = [v for x, v in zip(hours, hv) if x <= h]
+        return done[-1] if done else 0.0
+    end = max(c[0][-1] for c in curves.values() if c[0])
+    marks = [step * k for k in range(1, int(end / step) + 1)] + [end]
+    print(f"{'worker-h':>9} " + " ".join(f"{n:>11}" for n in curves))
+    for h in marks:
+        print(f"{h:>9.2f} " + " ".join(f"{at(*c, h):>11.6f}" for c in curves.values()))
+
+
 def report(out: Path) -> None:
     from search.analysis.accounting import account
     from search.pareto import pareto_mask
@@ -229,6 +241,7 @@ def report(out: Path) -> None:
         acc = account(df)
         print(f"{name:>10} {len(df):>8} {int((df.status == 'ok').sum()):>6} {int((df.status == 'stopped').sum()):>8} "
               f"{acc.worker_hours:>9.3f} {curves[name][1][-1] if curves[name][1] else 0.0:>12.6f}")
+    _side_by_side(curves)
     target = curves["plain"][1][-1] if curves["plain"][1] else 0.0
     plain_hours = curves["plain"][0][-1] if curves["plain"][0] else 0.0
     hours, hv = curves["predicted"]

@@ -228,7 +228,7 @@ class Session:
 
         screen = make_screen(evaluator_spec(self.config))
         self._executor = make_executor(self.config)
-        _stop_on_sigterm()  # after the executor: ray.init installs a SIGTERM handler of its own
+        stop_on_sigterm()  # after the executor: ray.init installs a SIGTERM handler of its own
         if self.create:
             self._store = RunStore.create(self.dir, run_info(self.config), **self._store_options())
             self._watch([])
@@ -364,7 +364,7 @@ def make_executor(config: SearchConfig):
         raise ClusterError(str(err)) from None
 
 
-def _stop_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
     """`kill PID` (SIGTERM) stops a run like Ctrl-C: records flushed, KeyboardInterrupt. This
     also covers runs started in the background, where SIGINT is ignored. Signal handlers
     belong to the main thread; a session run in another thread leaves them alone."""

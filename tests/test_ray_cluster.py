@@ -187,13 +187,18 @@ def _lost_node_driver(address: str, raylet: int) -> None:
                           "records": [{k: r[k] for k in ("id", "status", "reason", "worker")}
                                       for r in store.records]}), flush=True)
         sys.stdin.readline()                               # the test brings the node back
-        deadline = time.monotonic() + 180
-        while executor.workers_ready < 2 and time.monotonic() < deadline:
+        # a loaded machine (CI trains beside this test) may take long to start a node: its
+        # joining is not what is tested, the replacement's placement once it has joined is
+        start = time.monotonic()
+        _wait_for(lambda: _alive_nodes() == 2, 240, "the node did not rejoin")
+        joined = time.monotonic()
+        while executor.workers_ready < 2 and time.monotonic() < joined + 240:
             executor.wait(timeout=0.5)
         again = MemoryStore()
         if executor.workers_ready == 2:
             Driver(config(6, 1.0), get_mode("batch"), again, make_screen(spec), executor, progress=None).run()
-        print("RESULT", json.dumps({"ready": executor.workers_ready,
+        print("RESULT", json.dumps({"ready": executor.workers_ready, "state": executor.describe(),
+                          "join_s": round(joined - start, 1), "ready_s": round(time.monotonic() - joined, 1),
                           "workers": sorted({r["worker"] for r in again.records if r["worker"] != "driver"})}),
               flush=True)
     finally:
@@ -242,8 +247,8 @@ def test_a_lost_node_costs_no_candidate_and_the_run_grows_back():
         rejoined = Node(address=head.address, num_cpus=1)               # the node comes back
         driver.stdin.write("back\n")
         driver.stdin.flush()
-        second_run = _read_result(driver, 400)
-        assert second_run["ready"] == 2 and len(second_run["workers"]) == 2
+        second_run = _read_result(driver, 600)
+        assert second_run["ready"] == 2 and len(second_run["workers"]) == 2, second_run
         assert driver.wait(timeout=60) == 0
     finally:
         if driver is not None and driver.poll() is None:

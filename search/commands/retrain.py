@@ -59,6 +59,7 @@ def run(args) -> int:
 
     from search.analysis.report import report
     from search.analysis.retrain import plan_retrain, retrain
+    from search.session import stop_on_sigterm
 
     if not getattr(args, "cache", True):   # this process and its worker processes
         os.environ["EVONORM_CACHE"] = "off"
@@ -80,6 +81,7 @@ def run(args) -> int:
             bar.total = bar.n + 1
         bar.set_postfix_str(text)
         bar.update()
+    stop_on_sigterm()   # `kill PID` stops it like Ctrl-C: workers terminated, journal kept
     try:
         rows = retrain(plan, progress)
     except KeyboardInterrupt:
